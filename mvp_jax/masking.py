@@ -1,0 +1,349 @@
+"""Pruning masks as pure functions: binarizers, straight-through estimators, k-th value selection.
+
+Notation follows Sanh, Wolf & Rush (2020): a prunable weight ``W`` has importance scores ``S`` of
+the same shape and a mask ``M``; the layer computes ``a = (W * M) x``.
+
+* ``topk_mask(S, v)``: ``M = Top_v(S)``, 1 on the ``int(v * size)`` highest scores (Eq. 1).
+* ``threshold_mask(S, tau)``: ``M = 1[sigmoid(S) > tau]`` (soft movement), never below 0.5%.
+* ``magnitude_mask(W, v)``: ``M = Top_v(|W|)``, no gradient through the mask.
+* ``hard_concrete_mask(S, rng, train)``: the L0 relaxation of Louizos et al. (2017).
+
+The binary masks use the straight-through estimator (Eq. 2): the backward pass ignores the
+binarizer, so ``dL/dS = dL/dM = dL/d(W*M) * W``.
+
+Selection of the k-th largest value never sorts: floats are mapped to order-preserving uint32
+keys and the k-th key is found bit by bit (32 rounds, each one fused count ``sum(key >= t)``),
+so the same code selects per matrix or globally over a pytree (counts simply add up).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import partial
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+PyTree = Any
+
+METHODS = ("none", "magnitude", "topk", "sigmoied_threshold", "l0")
+SCORE_INITS = ("constant", "uniform", "kaiming")
+
+# Hard-concrete stretch interval (l, r) and temperature beta (Louizos et al. 2017; the paper).
+L0_LEFT, L0_RIGHT, L0_BETA = -0.1, 1.1, 2.0 / 3.0
+
+# Every Dense kernel of the encoder's self-attention (Q, K, V, output) and FFN (in, out) layers,
+# in the Hugging Face Flax BERT naming. Embeddings, pooler, heads, biases, LayerNorm never match.
+DEFAULT_PRUNABLE = (
+    r"encoder/layer/\d+/attention/self/(query|key|value)/kernel$",
+    r"encoder/layer/\d+/attention/output/dense/kernel$",
+    r"encoder/layer/\d+/intermediate/dense/kernel$",
+    r"encoder/layer/\d+/output/dense/kernel$",
+)
+
+_SIGN = np.uint32(0x80000000)
+
+
+# ----------------------------------------------------------------------------------------------
+# k-th largest value without sorting
+# ----------------------------------------------------------------------------------------------
+
+
+def _order_keys(x: jax.Array) -> jax.Array:
+    """Map float32 to uint32 so that ``a < b`` iff ``key(a) < key(b)`` (and -0 < +0)."""
+    bits = jax.lax.bitcast_convert_type(jnp.asarray(x, jnp.float32), jnp.uint32)
+    return jnp.where(bits & _SIGN, ~bits, bits | _SIGN)
+
+
+def _from_order_key(key: jax.Array) -> jax.Array:
+    bits = jnp.where(key & _SIGN, key & ~_SIGN, ~key)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _kth_key(keys: Sequence[jax.Array], k) -> jax.Array:
+    """Largest uint32 ``t`` with ``#{key >= t} >= k``, i.e. the k-th largest key (1-indexed).
+
+    Built from the most significant bit down: 32 rounds, each a sum over all arrays of
+    ``key >= candidate``. Counts are int32, so at most 2**31 - 1 entries in total.
+    """
+    k = jnp.asarray(k, jnp.int32)
+
+    def round_(i, result):
+        candidate = result | (jnp.uint32(1) << (jnp.uint32(31) - i.astype(jnp.uint32)))
+        count = sum(jnp.sum(key >= candidate, dtype=jnp.int32) for key in keys)
+        return jnp.where(count >= k, candidate, result)
+
+    return jax.lax.fori_loop(0, 32, round_, jnp.uint32(0))
+
+
+def kth_largest(x: PyTree, k) -> jax.Array:
+    """Exact k-th largest value (1-indexed) of an array, or of all leaves of a pytree together.
+
+    ``kth_largest(x, k) == jnp.sort(x.ravel())[-k]`` for ``1 <= k <= x.size``, found without
+    sorting by bisection over the float32 bit pattern. ``k`` may be traced.
+    """
+    leaves = [jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(x)]
+    if not leaves:
+        raise ValueError("kth_largest: got an empty pytree")
+    keys = [_order_keys(leaf) for leaf in leaves]
+    return _from_order_key(_kth_key(keys, k))
+
+
+# ----------------------------------------------------------------------------------------------
+# Binarizers (forward only) and the straight-through wrapper
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_fraction(name: str, value) -> None:
+    if isinstance(value, (int, float)) and not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"{name}={value!r} is outside (0, 1]: it is the fraction of weights kept")
+
+
+def _keep_count(keep, size: int):
+    """``int(keep * size)`` exactly for a Python number, in float32 for a traced one."""
+    if isinstance(keep, (int, float)):
+        return int(keep * size)
+    return jnp.floor(jnp.asarray(keep, jnp.float32) * size).astype(jnp.int32)
+
+
+def _topk_binarize_leaves(leaves: Sequence[jax.Array], k) -> list[jax.Array]:
+    """Masks with exactly ``k`` ones over all leaves together.
+
+    Ties at the k-th value are broken by position (first leaf, then flat index first), so the
+    count is exact for tied and constant scores too.
+    """
+    k = jnp.asarray(k, jnp.int32)
+    keys = [_order_keys(jnp.ravel(leaf)) for leaf in leaves]
+    t = _kth_key(keys, jnp.maximum(k, 1))
+    above = [key > t for key in keys]
+    n_above = sum(jnp.sum(a, dtype=jnp.int32) for a in above)
+    ties_left = jnp.maximum(k - n_above, 0)  # how many entries equal to the k-th value to keep
+    masks, ties_before = [], jnp.int32(0)
+    for leaf, key, a in zip(leaves, keys, above):
+        tie = key == t
+        rank = jnp.cumsum(tie, dtype=jnp.int32) + ties_before
+        keep_flat = (a | (tie & (rank <= ties_left))) & (k > 0)
+        ties_before = ties_before + jnp.sum(tie, dtype=jnp.int32)
+        masks.append(keep_flat.reshape(leaf.shape).astype(leaf.dtype))
+    return masks
+
+
+def _topk_binarize(scores: PyTree, k) -> PyTree:
+    leaves, treedef = jax.tree_util.tree_flatten(scores)
+    return jax.tree_util.tree_unflatten(treedef, _topk_binarize_leaves(leaves, k))
+
+
+def _tree_size(tree: PyTree) -> int:
+    return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _threshold_binarize(scores: jax.Array, tau, sigmoid: bool) -> jax.Array:
+    """``1[sigmoid(S) > tau]``; if that keeps fewer than ``int(0.005 n) + 1`` entries, keep those
+    above the ``(int(0.005 n) + 2)``-th largest score instead (the reference's 0.5% floor)."""
+    n = scores.size
+    n_min = int(0.005 * n) + 1
+    values = jax.nn.sigmoid(scores) if sigmoid else scores
+    mask = values > tau
+    floor_value = kth_largest(scores, min(n_min + 1, n))
+    mask = jnp.where(jnp.sum(mask) < n_min, scores > floor_value, mask)
+    return mask.astype(scores.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def straight_through(binarize: Callable, scores: PyTree, *args):
+    """``binarize(scores, *args)`` forward; backward passes the cotangent to ``scores`` unchanged
+    (Bengio et al. 2013) and none to ``args`` (thresholds, keep fractions)."""
+    return binarize(scores, *args)
+
+
+def _st_fwd(binarize, scores, *args):
+    return binarize(scores, *args), args
+
+
+def _zero_cotangent(x):
+    if jnp.issubdtype(jnp.result_type(x), jnp.integer):
+        return np.zeros(np.shape(x), jax.dtypes.float0)
+    return jnp.zeros_like(x)
+
+
+def _st_bwd(binarize, args, g):
+    return (g, *jax.tree_util.tree_map(_zero_cotangent, args))
+
+
+straight_through.defvjp(_st_fwd, _st_bwd)
+
+
+def topk_mask(scores: PyTree, keep) -> PyTree:
+    """``Top_v(S)``: 1 for the ``int(keep * size)`` highest scores, else 0; straight-through.
+
+    ``scores`` may be one array (local selection) or a pytree (global: one threshold over all
+    leaves, the count taken over their total size). ``keep`` is the fraction kept, in (0, 1].
+    """
+    _check_fraction("keep", keep)
+    return straight_through(_topk_binarize, scores, _keep_count(keep, _tree_size(scores)))
+
+
+def threshold_mask(scores: jax.Array, tau, sigmoid: bool = True) -> jax.Array:
+    """``M = 1[sigmoid(S) > tau]`` (or ``1[S > tau]``) with a 0.5% floor; straight-through."""
+    return straight_through(
+        partial(_threshold_binarize, sigmoid=sigmoid), scores, jnp.asarray(tau, jnp.float32)
+    )
+
+
+def magnitude_mask(weights: PyTree, keep) -> PyTree:
+    """``Top_v(|W|)`` over an array or a pytree (global); no gradient flows through the mask."""
+    _check_fraction("keep", keep)
+    magnitudes = jax.tree_util.tree_map(lambda w: jnp.abs(jax.lax.stop_gradient(w)), weights)
+    return jax.lax.stop_gradient(_topk_binarize(magnitudes, _keep_count(keep, _tree_size(weights))))
+
+
+def hard_concrete_mask(scores: jax.Array, rng: jax.Array | None, train: bool) -> jax.Array:
+    """L0 mask: ``min(1, max(0, s (r - l) + l))`` with ``l=-0.1, r=1.1``.
+
+    Training: ``s = sigmoid((log u - log(1 - u) + S) / beta)``, ``u ~ U(0.0001, 0.9999)``,
+    ``beta = 2/3``; gradients flow through this relaxation. Evaluation: ``s = sigmoid(S)``.
+    """
+    if train:
+        if rng is None:
+            raise ValueError("hard_concrete_mask: a PRNG key is required when train=True")
+        u = jax.random.uniform(rng, scores.shape, jnp.float32, 0.0001, 0.9999)
+        s = jax.nn.sigmoid((jnp.log(u) - jnp.log1p(-u) + scores) / L0_BETA)
+    else:
+        s = jax.nn.sigmoid(scores)
+    return jnp.clip(s * (L0_RIGHT - L0_LEFT) + L0_LEFT, 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pytree plumbing: which kernels are prunable, scores, masks, W * M
+# ----------------------------------------------------------------------------------------------
+
+
+def _flat(tree: PyTree) -> dict[str, Any]:
+    return traverse_util.flatten_dict(_unfreeze(tree), sep="/")
+
+
+def _unflat(flat: dict[str, Any]) -> PyTree:
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _unfreeze(tree: PyTree) -> PyTree:
+    return tree.unfreeze() if hasattr(tree, "unfreeze") else tree
+
+
+def prunable_paths(params: PyTree, patterns: Iterable[str] = DEFAULT_PRUNABLE) -> list[str]:
+    """'/'-joined paths of the parameters matched by any regex of ``patterns`` (``re.search``).
+
+    Raises ``ValueError`` for a pattern that matches no parameter.
+    """
+    patterns = tuple(patterns)
+    paths = list(_flat(params))
+    compiled = [re.compile(p) for p in patterns]
+    for pattern, regex in zip(patterns, compiled):
+        if not any(regex.search(path) for path in paths):
+            raise ValueError(
+                f"prunable pattern {pattern!r} matches no parameter; parameters are e.g. "
+                f"{', '.join(paths[:4])}"
+            )
+    return [path for path in paths if any(regex.search(path) for regex in compiled)]
+
+
+def init_scores(
+    params: PyTree,
+    init: str = "constant",
+    scale: float = 0.0,
+    rng: jax.Array | None = None,
+    patterns: Iterable[str] = DEFAULT_PRUNABLE,
+) -> PyTree:
+    """Scores pytree mirroring the prunable kernels (nested dict, same paths, same shapes).
+
+    ``constant``: all ``scale``; ``uniform``: U(-scale, scale); ``kaiming``: torch's
+    ``kaiming_uniform_(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with the Flax kernel
+    layout ``(fan_in, fan_out)``. As in the reference, the scale is ignored by ``kaiming``.
+    """
+    if init not in SCORE_INITS:
+        raise ValueError(f"unknown score init {init!r}; choose one of {', '.join(SCORE_INITS)}")
+    flat = _flat(params)
+    paths = prunable_paths(params, patterns)
+    if init != "constant" and rng is None:
+        raise ValueError(f"score init {init!r} needs a PRNG key")
+    scores = {}
+    for i, path in enumerate(paths):
+        w = flat[path]
+        if init == "constant":
+            scores[path] = jnp.full(w.shape, scale, jnp.float32)
+            continue
+        key = jax.random.fold_in(rng, i)
+        bound = scale if init == "uniform" else 1.0 / math.sqrt(w.shape[0])
+        scores[path] = jax.random.uniform(key, w.shape, jnp.float32, -bound, bound)
+    return _unflat(scores)
+
+
+def check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+
+
+def compute_masks(
+    params: PyTree,
+    scores: PyTree | None,
+    *,
+    method: str,
+    threshold=1.0,
+    rng: jax.Array | None = None,
+    train: bool = True,
+    global_topk: bool = False,
+    patterns: Iterable[str] = DEFAULT_PRUNABLE,
+) -> dict[str, jax.Array]:
+    """Masks of the prunable kernels, as a flat ``{path: mask}`` dict.
+
+    ``threshold`` is the kept fraction ``v`` for ``topk`` and ``magnitude``, the sigmoid
+    threshold ``tau`` for ``sigmoied_threshold``, and unused by ``l0``. ``global_topk`` selects
+    one Top_v over all prunable matrices together (``topk`` and ``magnitude``).
+    """
+    check_method(method)
+    flat_params = _flat(params)
+    paths = prunable_paths(params, patterns)
+    if method == "none":
+        return {}
+    if method == "magnitude":
+        weights = {p: flat_params[p] for p in paths}
+        if global_topk:
+            return magnitude_mask(weights, threshold)
+        return {p: magnitude_mask(w, threshold) for p, w in weights.items()}
+    if scores is None:
+        raise ValueError(f"pruning method {method!r} needs scores (see init_scores)")
+    flat_scores = _flat(scores)
+    missing = [p for p in paths if p not in flat_scores]
+    if missing:
+        raise ValueError(f"scores are missing for prunable parameters: {', '.join(missing)}")
+    s = {p: flat_scores[p] for p in paths}
+    if method == "topk":
+        if global_topk:
+            return topk_mask(s, threshold)
+        return {p: topk_mask(v, threshold) for p, v in s.items()}
+    if method == "sigmoied_threshold":
+        return {p: threshold_mask(v, threshold, sigmoid=True) for p, v in s.items()}
+    # l0
+    keys = jax.random.split(rng, len(paths)) if train else [None] * len(paths)
+    return {p: hard_concrete_mask(v, key, train) for (p, v), key in zip(s.items(), keys)}
+
+
+def apply_masks(params: PyTree, scores: PyTree | None = None, **mask_kwargs) -> PyTree:
+    """``params`` with every prunable kernel ``W`` replaced by ``W * M`` (see ``compute_masks``).
+
+    A params -> params transform: the model that consumes the result knows nothing of pruning.
+    """
+    masks = compute_masks(params, scores, **mask_kwargs)
+    flat = _flat(params)
+    for path, mask in masks.items():
+        flat[path] = flat[path] * mask.astype(flat[path].dtype)
+    return _unflat(flat)
+
+
+def masks_to_tree(masks: dict[str, jax.Array]) -> PyTree:
+    """Nested-dict view of a flat ``{path: mask}`` dict (same layout as the scores)."""
+    return _unflat(dict(masks))
