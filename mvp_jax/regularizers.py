@@ -1,0 +1,43 @@
+"""Sparsity penalties on the scores pytree (paper Section 4).
+
+Each is a mean over matrices of a per-matrix mean, as the reference code
+(``sum_matrices(sum(f(S)) / numel(S)) / n_matrices``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from mvp_jax.masking import L0_BETA, L0_LEFT, L0_RIGHT
+
+REGULARIZATIONS = ("l1", "l0")
+
+
+def _mean_over_matrices(fn, scores) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(scores)
+    if not leaves:
+        raise ValueError("regularizer: the scores pytree is empty")
+    return sum(jnp.mean(fn(s)) for s in leaves) / len(leaves)
+
+
+def l1_sigmoid(scores) -> jax.Array:
+    """Soft movement penalty ``R(S) = mean_matrices mean_ij sigmoid(S_ij)`` (sigmoid >= 0, so L1)."""
+    return _mean_over_matrices(jax.nn.sigmoid, scores)
+
+
+def expected_l0(scores) -> jax.Array:
+    """Expected L0 of the hard-concrete masks, per matrix ``mean_ij sigmoid(S_ij - beta log(-l/r))``:
+    ``P(mask_ij > 0)`` for ``l=-0.1, r=1.1, beta=2/3`` (Louizos et al. 2017)."""
+    shift = L0_BETA * math.log(-L0_LEFT / L0_RIGHT)
+    return _mean_over_matrices(lambda s: jax.nn.sigmoid(s - shift), scores)
+
+
+def regularizer(name: str):
+    """The penalty function called ``name`` (``l1`` or ``l0``)."""
+    table = {"l1": l1_sigmoid, "l0": expected_l0}
+    if name not in table:
+        raise ValueError(f"unknown regularization {name!r}; choose one of {', '.join(REGULARIZATIONS)}")
+    return table[name]
