@@ -1,0 +1,334 @@
+"""BERT encoder and task heads in Flax linen, named like the Hugging Face Flax BERT.
+
+The parameter tree is exactly that of ``FlaxBertForSequenceClassification`` (``bert/...`` plus
+``classifier``) or ``FlaxBertForQuestionAnswering`` (``bert/...`` without ``pooler``, plus
+``qa_outputs``); ``head=None`` keeps the same ``bert/...`` prefix. Kernels are ``(in, out)``, the
+transpose of PyTorch's ``nn.Linear.weight``. Nothing here knows about pruning.
+
+Layer math (post-LayerNorm BERT, Devlin et al. 2019), with ``d = hidden_size / heads``::
+
+    h0   = LN(E_word[ids] + E_pos[0..L) + E_type[tt])
+    A    = softmax(Q K^T / sqrt(d) + b),  b = 0 on attended keys, finfo(dtype).min on masked ones
+    h'   = LN(h + Dense(A V))
+    h''  = LN(h' + Dense(act(Dense(h'))))
+    pool = tanh(Dense(h_last[:, 0]))
+
+Parameters are float32; ``dtype`` is the compute dtype (float32 or bfloat16). Softmax and
+LayerNorm statistics are computed in float32. Dropout uses the ``"dropout"`` rng stream and is
+active only with ``deterministic=False``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax import traverse_util
+
+HEADS = (None, "classification", "qa")
+
+# transformers' ACT2FN names -> jax functions ("gelu" is the exact erf form).
+ACTIVATIONS: dict[str, Callable] = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertSpec:
+    """The architecture fields of a ``transformers.BertConfig`` (hashable, for Flax modules)."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int = 2
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    classifier_dropout: float | None = None
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+
+    @classmethod
+    def from_config(cls, config: Any) -> "BertSpec":
+        """From a ``transformers.BertConfig`` (or anything with those attributes)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        spec = cls(**{n: getattr(config, n) for n in names if hasattr(config, n)})
+        if spec.hidden_act not in ACTIVATIONS:
+            raise ValueError(
+                f"unsupported hidden_act {spec.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}"
+            )
+        if spec.hidden_size % spec.num_attention_heads:
+            raise ValueError(
+                f"hidden_size={spec.hidden_size} is not a multiple of "
+                f"num_attention_heads={spec.num_attention_heads}"
+            )
+        return spec
+
+
+def _dense(spec: BertSpec, features: int, dtype, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.normal(spec.initializer_range),
+        name=name,
+    )
+
+
+def _layer_norm(spec: BertSpec, dtype, name: str = "LayerNorm") -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=spec.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class BertEmbeddings(nn.Module):
+    spec: BertSpec
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+        s = self.spec
+        init = nn.initializers.normal(s.initializer_range)
+
+        def embed(n, name):
+            return nn.Embed(n, s.hidden_size, embedding_init=init, dtype=self.dtype, name=name)
+
+        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        h = (
+            embed(s.vocab_size, "word_embeddings")(input_ids)
+            + embed(s.max_position_embeddings, "position_embeddings")(positions)
+            + embed(s.type_vocab_size, "token_type_embeddings")(token_type_ids)
+        )
+        h = _layer_norm(s, self.dtype)(h)
+        return nn.Dropout(s.hidden_dropout_prob)(h, deterministic=deterministic)
+
+
+class BertSelfAttention(nn.Module):
+    spec: BertSpec
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, mask_bias, deterministic: bool):
+        s = self.spec
+        heads, d = s.num_attention_heads, s.hidden_size // s.num_attention_heads
+
+        def project(name):
+            x = _dense(s, s.hidden_size, self.dtype, name)(h)
+            return x.reshape(x.shape[:2] + (heads, d))
+
+        q, k, v = project("query"), project("key"), project("value")
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q / jnp.sqrt(d).astype(self.dtype), k)
+        probs = jax.nn.softmax(logits.astype(jnp.float32) + mask_bias, axis=-1).astype(self.dtype)
+        probs = nn.Dropout(s.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        return out.reshape(out.shape[:2] + (s.hidden_size,))
+
+
+class BertAttention(nn.Module):
+    spec: BertSpec
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.self = BertSelfAttention(self.spec, self.dtype)
+        self.output = _SubOutput(self.spec, self.dtype)
+
+    def __call__(self, h, mask_bias, deterministic: bool):
+        return self.output(self.self(h, mask_bias, deterministic), h, deterministic)
+
+
+class _SubOutput(nn.Module):
+    """``LN(residual + Dropout(Dense(x)))``: HF's ``BertSelfOutput`` / ``BertOutput``."""
+
+    spec: BertSpec
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, residual, deterministic: bool):
+        x = _dense(self.spec, self.spec.hidden_size, self.dtype, "dense")(x)
+        x = nn.Dropout(self.spec.hidden_dropout_prob)(x, deterministic=deterministic)
+        return _layer_norm(self.spec, self.dtype)(x + residual)
+
+
+class BertIntermediate(nn.Module):
+    spec: BertSpec
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, h):
+        h = _dense(self.spec, self.spec.intermediate_size, self.dtype, "dense")(h)
+        return ACTIVATIONS[self.spec.hidden_act](h)
+
+
+class BertLayer(nn.Module):
+    spec: BertSpec
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.attention = BertAttention(self.spec, self.dtype)
+        self.intermediate = BertIntermediate(self.spec, self.dtype)
+        self.output = _SubOutput(self.spec, self.dtype)
+
+    def __call__(self, h, mask_bias, deterministic: bool):
+        a = self.attention(h, mask_bias, deterministic)
+        return self.output(self.intermediate(a), a, deterministic)
+
+
+class BertLayerCollection(nn.Module):
+    spec: BertSpec
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, mask_bias, deterministic: bool):
+        hidden = [h]
+        for i in range(self.spec.num_hidden_layers):
+            h = BertLayer(self.spec, self.dtype, name=str(i))(h, mask_bias, deterministic)
+            hidden.append(h)
+        return hidden
+
+
+class BertEncoder(nn.Module):
+    spec: BertSpec
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.layer = BertLayerCollection(self.spec, self.dtype)
+
+    def __call__(self, h, mask_bias, deterministic: bool):
+        return self.layer(h, mask_bias, deterministic)
+
+
+class BertPooler(nn.Module):
+    spec: BertSpec
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, h):
+        return jnp.tanh(_dense(self.spec, self.spec.hidden_size, self.dtype, "dense")(h[:, 0]))
+
+
+def attention_bias(attention_mask, dtype=jnp.float32) -> jax.Array:
+    """Additive key bias ``[B, 1, 1, L]``: 0 where ``attention_mask > 0``, ``finfo(dtype).min``
+    elsewhere (as transformers)."""
+    keep = (attention_mask > 0)[:, None, None, :]
+    return jnp.where(keep, 0.0, jnp.finfo(dtype).min).astype(jnp.float32)
+
+
+class BertModule(nn.Module):
+    """Embeddings, ``num_hidden_layers`` layers and (optionally) the pooler; the ``bert`` subtree.
+
+    Returns ``(last_hidden_state [B, L, H], pooled [B, H] or None, all_hidden_states)`` where
+    ``all_hidden_states`` is the embedding output followed by each layer's output.
+    """
+
+    spec: BertSpec
+    dtype: Any = jnp.float32
+    add_pooling_layer: bool = True
+
+    def setup(self):
+        self.embeddings = BertEmbeddings(self.spec, self.dtype)
+        self.encoder = BertEncoder(self.spec, self.dtype)
+        if self.add_pooling_layer:
+            self.pooler = BertPooler(self.spec, self.dtype)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool):
+        h = self.embeddings(input_ids, token_type_ids, deterministic)
+        hidden = self.encoder(h, attention_bias(attention_mask, self.dtype), deterministic)
+        pooled = self.pooler(hidden[-1]) if self.add_pooling_layer else None
+        return hidden[-1], pooled, tuple(hidden)
+
+
+class Bert(nn.Module):
+    """BERT with an optional task head.
+
+    ``head=None``: returns ``(last_hidden_state [B, L, H], pooled [B, H])``.
+    ``head="classification"``: ``logits = Dense(Dropout(pooled))``, ``[B, num_labels]``
+    (``num_labels=1`` is regression).
+    ``head="qa"``: ``(start, end) = split(Dense(h_last), 2)``, each ``[B, L]``; no pooler.
+
+    Call: ``module.apply({"params": p}, input_ids, attention_mask=None, token_type_ids=None,
+    deterministic=True, rngs={"dropout": key})``; with ``output_hidden_states=True`` the result
+    is ``(outputs, all_hidden_states)``.
+    """
+
+    spec: BertSpec
+    head: str | None = "classification"
+    num_labels: int = 2
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+    ):
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
+        bert = BertModule(self.spec, self.dtype, add_pooling_layer=self.head != "qa", name="bert")
+        last, pooled, hidden = bert(input_ids, attention_mask, token_type_ids, deterministic)
+        if self.head == "classification":
+            rate = self.spec.classifier_dropout
+            rate = self.spec.hidden_dropout_prob if rate is None else rate
+            pooled = nn.Dropout(rate)(pooled, deterministic=deterministic)
+            out = _dense(self.spec, self.num_labels, self.dtype, "classifier")(pooled)
+            out = out.astype(jnp.float32)
+        elif self.head == "qa":
+            logits = _dense(self.spec, 2, self.dtype, "qa_outputs")(last).astype(jnp.float32)
+            out = (logits[..., 0], logits[..., 1])
+        else:
+            out = (last, pooled)
+        return (out, hidden) if output_hidden_states else out
+
+
+def build_module(config: Any, head: str | None = "classification", num_labels: int = 2,
+                 dtype=jnp.float32) -> Bert:
+    """A ``Bert`` module for a ``transformers.BertConfig``."""
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+    if head == "classification" and int(num_labels) < 1:
+        raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+    return Bert(BertSpec.from_config(config), head=head, num_labels=int(num_labels), dtype=dtype)
+
+
+def param_shapes(module: Bert) -> dict[str, tuple[int, ...]]:
+    """Flat ``{"a/b/kernel": shape}`` of the module's parameters (no computation)."""
+    ids = jnp.zeros((1, 2), jnp.int32)
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids)["params"])
+    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
+
+
+def init_params(module: Bert, seed: int = 0) -> dict:
+    """Freshly initialised parameters: normal(initializer_range) kernels/embeddings, zero bias,
+    LayerNorm scale 1 and bias 0."""
+    ids = jnp.zeros((1, 2), jnp.int32)
+    return jax.jit(module.init)(jax.random.PRNGKey(seed), ids)["params"]
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "Bert",
+    "BertModule",
+    "BertSpec",
+    "HEADS",
+    "attention_bias",
+    "build_module",
+    "init_params",
+    "param_shapes",
+]
