@@ -337,11 +337,23 @@ def apply_masks(params: PyTree, scores: PyTree | None = None, **mask_kwargs) -> 
 
     A params -> params transform: the model that consumes the result knows nothing of pruning.
     """
-    masks = compute_masks(params, scores, **mask_kwargs)
+    return multiply_masks(params, compute_masks(params, scores, **mask_kwargs))
+
+
+def multiply_masks(params: PyTree, masks: dict[str, jax.Array]) -> PyTree:
+    """``params`` with ``W <- W * masks[path]`` for every path in the flat ``masks`` dict."""
     flat = _flat(params)
     for path, mask in masks.items():
         flat[path] = flat[path] * mask.astype(flat[path].dtype)
     return _unflat(flat)
+
+
+def remaining_fraction(masks: dict[str, jax.Array]) -> jax.Array:
+    """Fraction of prunable weights whose mask is non-zero (the paper's "remaining weights")."""
+    if not masks:
+        return jnp.float32(1.0)
+    kept = sum(jnp.sum(m > 0, dtype=jnp.float32) for m in masks.values())
+    return kept / sum(m.size for m in masks.values())
 
 
 def masks_to_tree(masks: dict[str, jax.Array]) -> PyTree:
