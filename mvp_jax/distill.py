@@ -1,0 +1,35 @@
+"""Knowledge distillation from a teacher (Hinton et al. 2015), as the paper's reference.
+
+Per example, with temperature ``T``, ``p = softmax(teacher / T)`` and ``q = softmax(student / T)``::
+
+    L_distil = T^2 * KL(p || q) = T^2 * sum_c p_c (log p_c - log q_c)
+
+and the training loss is ``alpha_ce * L_task + alpha_distil * L_distil``. For SQuAD the start and
+end distributions are distilled separately and averaged; for regression (STS-B) the distillation
+term is the squared difference of the two predictions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def kl_with_temperature(student_logits, teacher_logits, temperature: float) -> jax.Array:
+    """``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` over the last axis."""
+    t = jnp.asarray(temperature, jnp.float32)
+    log_p = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t, axis=-1)
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t, axis=-1)
+    return t**2 * jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def distillation_loss(kind: str, student, teacher, temperature: float) -> jax.Array:
+    """Per-example distillation loss for a task ``kind`` (classification | regression | qa)."""
+    if kind == "classification":
+        return kl_with_temperature(student, teacher, temperature)
+    if kind == "regression":
+        return (student.reshape(-1).astype(jnp.float32) - teacher.reshape(-1).astype(jnp.float32)) ** 2
+    if kind == "qa":
+        return 0.5 * (kl_with_temperature(student[0], teacher[0], temperature)
+                      + kl_with_temperature(student[1], teacher[1], temperature))
+    raise ValueError(f"unknown task kind {kind!r}; choose one of classification, regression, qa")

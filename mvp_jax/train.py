@@ -1,0 +1,234 @@
+"""Fine-pruning: the train state, one jit-compiled train step and eval step, and the loop.
+
+One step, as data (DESIGN.md)::
+
+    t, lam  = threshold_schedule(step), lambda(t)            # traced: no recompilation
+    masks   = compute_masks(params, scores, method, t, rng)  # straight-through where learned
+    logits  = model.apply(params * masks, batch)
+    loss    = task_loss [+ distillation] + lam * R(scores)
+    update  = optax(weights AdamW, scores own LR, embeddings frozen)
+
+Gradient accumulation runs ``accum`` micro-batches through a ``lax.scan`` inside the same step,
+so ``state.step`` counts optimizer updates and the schedules see the same clock as the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mvp_jax import masking, regularizers
+from mvp_jax.distill import distillation_loss
+from mvp_jax.optim import Optimizer
+from mvp_jax.schedules import regularization_lambda, threshold_schedule
+
+PyTree = Any
+LEARNED = ("topk", "sigmoied_threshold", "l0")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes; a pytree, so it is checkpointed and sharded whole."""
+
+    step: jax.Array
+    params: PyTree
+    scores: PyTree  # {} for methods without learned scores
+    opt_state: PyTree
+    rng: jax.Array
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """The pruning recipe, static for compilation. ``threshold`` is the kept fraction for
+    ``topk``/``magnitude``, the sigmoid threshold for ``sigmoied_threshold``; unused by ``l0``."""
+
+    method: str = "none"
+    global_topk: bool = False
+    initial_threshold: float = 1.0
+    final_threshold: float = 1.0
+    initial_warmup: float = 1
+    final_warmup: float = 2
+    warmup_steps: int = 0
+    total_steps: int = 1
+    regularization: str | None = None
+    final_lambda: float = 0.0
+    patterns: tuple[str, ...] = masking.DEFAULT_PRUNABLE
+
+    def threshold(self, step):
+        return threshold_schedule(
+            step, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+            initial_threshold=self.initial_threshold, final_threshold=self.final_threshold,
+            initial_warmup=self.initial_warmup, final_warmup=self.final_warmup)
+
+    def lam(self, threshold):
+        if not self.regularization:
+            return jnp.float32(0.0)
+        return regularization_lambda(threshold, final_lambda=self.final_lambda,
+                                     final_threshold=self.final_threshold)
+
+    def masks(self, params, scores, threshold, rng=None, train=True) -> dict[str, jax.Array]:
+        return masking.compute_masks(
+            params, scores if self.method in LEARNED else None, method=self.method,
+            threshold=threshold, rng=rng, train=train, global_topk=self.global_topk,
+            patterns=self.patterns)
+
+    def final_masks(self, params, scores) -> dict[str, jax.Array]:
+        """Deterministic masks at the final threshold (Python float: exact Top-v counts)."""
+        return self.masks(params, scores, float(self.final_threshold), train=False)
+
+
+@dataclass(frozen=True)
+class Distill:
+    alpha_ce: float = 0.5
+    alpha_distil: float = 0.5
+    temperature: float = 2.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------
+
+
+def per_example_task_loss(kind: str, outputs, batch) -> jax.Array:
+    """Cross-entropy (classification), squared error (regression), or the mean of start- and
+    end-position cross-entropies (qa), per example."""
+    if kind == "classification":
+        return optax.softmax_cross_entropy_with_integer_labels(
+            outputs.astype(jnp.float32), batch["labels"])
+    if kind == "regression":
+        return (outputs.reshape(-1).astype(jnp.float32) - batch["labels"]) ** 2
+    start, end = outputs
+    ce = optax.softmax_cross_entropy_with_integer_labels
+    return 0.5 * (ce(start.astype(jnp.float32), batch["start_positions"])
+                  + ce(end.astype(jnp.float32), batch["end_positions"]))
+
+
+def model_inputs(batch):
+    return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps
+# ----------------------------------------------------------------------------------------------
+
+
+def make_train_step(module, kind: str, pruning: Pruning, optimizer: Optimizer, *,
+                    teacher=None, distill: Distill | None = None) -> Callable:
+    """``train_step(state, batch, teacher_params) -> (state, metrics)``, pure and jit-able.
+
+    ``batch`` arrays have a leading micro-batch axis ``[accum, B, ...]``; the loss is the
+    weighted mean over every real example of the step (``example_weight`` 0 marks padding).
+    """
+    reg_fn = regularizers.regularizer(pruning.regularization) if pruning.regularization else None
+
+    def micro_loss(tree, micro, threshold, rng, denom, teacher_params):
+        params, scores = tree["params"], tree["scores"]
+        mask_rng, dropout_rng = jax.random.split(rng)
+        masks = pruning.masks(params, scores, threshold, mask_rng, train=True)
+        outputs = module.apply({"params": masking.multiply_masks(params, masks)}, *model_inputs(micro),
+                               deterministic=False, rngs={"dropout": dropout_rng})
+        w = micro["example_weight"]
+        task = jnp.sum(per_example_task_loss(kind, outputs, micro) * w) / denom
+        loss, distil = task, jnp.float32(0.0)
+        if teacher is not None:
+            t_out = teacher.apply({"params": teacher_params}, *model_inputs(micro), deterministic=True)
+            t_out = jax.lax.stop_gradient(t_out)
+            distil = jnp.sum(distillation_loss(kind, outputs, t_out, distill.temperature) * w) / denom
+            loss = distill.alpha_ce * task + distill.alpha_distil * distil
+        return loss, (task, distil, masking.remaining_fraction(masks))
+
+    def train_step(state: TrainState, batch, teacher_params=None):
+        threshold = pruning.threshold(state.step)
+        lam = pruning.lam(threshold)
+        tree = {"params": state.params, "scores": state.scores}
+        denom = jnp.maximum(jnp.sum(batch["example_weight"]), 1.0)
+        rng, step_rng = jax.random.split(state.rng)
+        accum = batch["input_ids"].shape[0]
+        grad_fn = jax.grad(micro_loss, has_aux=True)
+
+        def body(carry, xs):
+            grads, stats = carry
+            micro, key = xs
+            g, (task, distil, remaining) = grad_fn(tree, micro, threshold, key, denom, teacher_params)
+            loss_parts = jnp.stack([task, distil, remaining / accum])
+            return (jax.tree_util.tree_map(jnp.add, grads, g), stats + loss_parts), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, tree)
+        (grads, stats), _ = jax.lax.scan(
+            body, (zeros, jnp.zeros(3, jnp.float32)), (batch, jax.random.split(step_rng, accum)))
+        task, distil, remaining = stats[0], stats[1], stats[2]
+        loss = task if teacher is None else distill.alpha_ce * task + distill.alpha_distil * distil
+        reg = jnp.float32(0.0)
+        if reg_fn is not None:
+            reg, reg_grad = jax.value_and_grad(reg_fn)(state.scores)
+            grads["scores"] = jax.tree_util.tree_map(lambda g, r: g + lam * r, grads["scores"], reg_grad)
+            loss = loss + lam * reg
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.tx.update(grads, state.opt_state, tree)
+        new = optax.apply_updates(tree, updates)
+        metrics = {"loss": loss, "task_loss": task, "regularization": reg, "threshold": threshold,
+                   "lambda": lam, "remaining_weights": remaining, "grad_norm": grad_norm,
+                   **optimizer.learning_rates(state.step)}
+        if teacher is not None:
+            metrics["distil_loss"] = distil
+        state = state.replace(step=state.step + 1, params=new["params"], scores=new["scores"],
+                              opt_state=opt_state, rng=rng)
+        return state, metrics
+
+    return train_step
+
+
+def make_eval_step(module, pruning: Pruning) -> Callable:
+    """``eval_step(params, scores, batch) -> outputs`` with deterministic masks at the final
+    threshold and no dropout."""
+
+    def eval_step(params, scores, batch):
+        masks = pruning.final_masks(params, scores)
+        return module.apply({"params": masking.multiply_masks(params, masks)}, *model_inputs(batch),
+                            deterministic=True)
+
+    return eval_step
+
+
+def init_state(params, scores, optimizer: Optimizer, seed: int) -> TrainState:
+    tree = {"params": params, "scores": scores}
+    return TrainState(step=jnp.int32(0), params=params, scores=scores,
+                      opt_state=optimizer.tx.init(tree), rng=jax.random.PRNGKey(seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation over a whole split
+# ----------------------------------------------------------------------------------------------
+
+
+def predict(eval_step, params, scores, features: dict[str, np.ndarray], batch_size: int):
+    """Model outputs for every row of ``features`` (padding of the last batch dropped)."""
+    from mvp_jax.data import batches
+
+    inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    n = len(inputs["input_ids"])
+    chunks = []
+    for batch in batches(inputs, batch_size, shuffle=False):
+        batch.pop("example_weight")
+        chunks.append(jax.device_get(eval_step(params, scores, batch)))
+    if isinstance(chunks[0], tuple):
+        return tuple(np.concatenate([c[i] for c in chunks])[:n] for i in range(len(chunks[0])))
+    return np.concatenate(chunks)[:n]
+
+
+def evaluate_splits(eval_step, params, scores, task_data, batch_size: int) -> dict[str, dict]:
+    """``{split: metrics}`` for every evaluation split of the task."""
+    from mvp_jax.data import evaluate
+
+    return {
+        name: evaluate(task_data.spec, eval_set,
+                       predict(eval_step, params, scores, eval_set.features, batch_size))
+        for name, eval_set in task_data.evals.items()
+    }
