@@ -1,0 +1,24 @@
+"""GLUE and SQuAD v1.1 pipelines (Hugging Face `datasets`), fixed-shape batching and metrics.
+
+    spec = get_task("sst2")
+    data = load_task("sst2", tokenizer, data_dir="../shared/data/glue")   # None: from the hub
+    for batch in batches(data.train, 32, seed=0, epoch=0): ...
+    scores = evaluate(spec, data.evals["validation"], logits)
+"""
+
+from .batching import batches, epoch_permutation, num_batches
+from .glue import read_glue_tsv, tokenize_glue
+from .loading import EvalSet, TaskData, find_local_file, load_raw, load_task
+from .metrics import accuracy, binary_f1, evaluate, matthews_corrcoef, pearson, spearman
+from .squad import (exact_match_score, f1_score, normalize_answer, postprocess_qa,
+                    read_squad_json, squad_features, squad_metrics)
+from .tasks import TASKS, DataError, TaskSpec, get_task
+
+__all__ = [
+    "TASKS", "TaskSpec", "DataError", "get_task",
+    "TaskData", "EvalSet", "load_task", "load_raw", "find_local_file",
+    "read_glue_tsv", "tokenize_glue", "read_squad_json", "squad_features",
+    "batches", "num_batches", "epoch_permutation",
+    "evaluate", "accuracy", "binary_f1", "matthews_corrcoef", "pearson", "spearman",
+    "postprocess_qa", "squad_metrics", "normalize_answer", "f1_score", "exact_match_score",
+]

@@ -1,0 +1,113 @@
+"""Task registry: what each GLUE task and SQuAD v1.1 is, where it lives, how it is scored."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Literal
+
+__all__ = ["DataError", "TaskSpec", "TASKS", "get_task"]
+
+
+class DataError(ValueError):
+    """Bad task name, missing data file or malformed data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """Static description of a task.
+
+    Columns (`text_keys`, `label_key`) are the Hugging Face hub dataset's column names; local
+    files are read into datasets with the same columns. `label_names[i]` is the name of class i
+    (as on the hub). `eval_splits` are hub split names; `local_files` maps every split to its
+    file name inside the local task directory (`local_dir`).
+    """
+
+    name: str
+    kind: Literal["classification", "regression", "qa"]
+    num_labels: int
+    eval_splits: tuple[str, ...]
+    main_metric: str
+    metrics: tuple[str, ...]
+    hub_path: str
+    hub_config: str | None
+    local_dir: str
+    local_files: tuple[tuple[str, str], ...]
+    text_keys: tuple[str, ...] = ()
+    label_key: str = "label"
+    label_names: tuple[str, ...] = ()
+    max_seq_length: int = 128
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return ("train",) + self.eval_splits
+
+    def local_file(self, split: str) -> str:
+        return dict(self.local_files)[split]
+
+
+def _glue(name, local_dir, kind, text_keys, label_names, main, metrics, eval_splits=("validation",),
+          files=None):
+    files = files or {"train": "train.tsv", "validation": "dev.tsv"}
+    return TaskSpec(
+        name=name, kind=kind, num_labels=1 if kind == "regression" else len(label_names),
+        eval_splits=eval_splits, main_metric=main, metrics=metrics, hub_path="nyu-mll/glue",
+        hub_config=name, local_dir=local_dir, local_files=tuple(files.items()),
+        text_keys=text_keys, label_names=label_names, max_seq_length=128)
+
+
+TASKS: dict[str, TaskSpec] = {
+    "cola": _glue("cola", "CoLA", "classification", ("sentence",), ("unacceptable", "acceptable"),
+                  "mcc", ("mcc",)),
+    "sst2": _glue("sst2", "SST-2", "classification", ("sentence",), ("negative", "positive"),
+                  "accuracy", ("accuracy",)),
+    "mrpc": _glue("mrpc", "MRPC", "classification", ("sentence1", "sentence2"),
+                  ("not_equivalent", "equivalent"), "f1", ("accuracy", "f1")),
+    "stsb": _glue("stsb", "STS-B", "regression", ("sentence1", "sentence2"), (),
+                  "pearson", ("pearson", "spearman")),
+    "qqp": _glue("qqp", "QQP", "classification", ("question1", "question2"),
+                 ("not_duplicate", "duplicate"), "accuracy", ("accuracy", "f1")),
+    "mnli": _glue("mnli", "MNLI", "classification", ("premise", "hypothesis"),
+                  ("entailment", "neutral", "contradiction"), "accuracy", ("accuracy",),
+                  eval_splits=("validation_matched", "validation_mismatched"),
+                  files={"train": "train.tsv", "validation_matched": "dev_matched.tsv",
+                         "validation_mismatched": "dev_mismatched.tsv"}),
+    "qnli": _glue("qnli", "QNLI", "classification", ("question", "sentence"),
+                  ("entailment", "not_entailment"), "accuracy", ("accuracy",)),
+    "rte": _glue("rte", "RTE", "classification", ("sentence1", "sentence2"),
+                 ("entailment", "not_entailment"), "accuracy", ("accuracy",)),
+    "wnli": _glue("wnli", "WNLI", "classification", ("sentence1", "sentence2"),
+                  ("not_entailment", "entailment"), "accuracy", ("accuracy",)),
+    "squad": TaskSpec(
+        name="squad", kind="qa", num_labels=2, eval_splits=("validation",),
+        main_metric="f1", metrics=("exact_match", "f1"), hub_path="rajpurkar/squad",
+        hub_config=None, local_dir="squad_v1.1",
+        local_files=(("train", "train-v1.1.json"), ("validation", "dev-v1.1.json")),
+        text_keys=("question", "context"), label_key="answers", max_seq_length=384),
+    # Lab-scale only: SQuAD v1.1 *dev* split by article (first 38 train, last 10 eval).
+    # Report results as "SQuAD-dev split", never as SQuAD.
+    "squad_dev_split": TaskSpec(
+        name="squad_dev_split", kind="qa", num_labels=2, eval_splits=("validation",),
+        main_metric="f1", metrics=("exact_match", "f1"), hub_path="rajpurkar/squad",
+        hub_config=None, local_dir="squad_v1.1",
+        local_files=(("train", "dev-v1.1.json"), ("validation", "dev-v1.1.json")),
+        text_keys=("question", "context"), label_key="answers", max_seq_length=384),
+}
+
+SQUAD_DEV_SPLIT_TRAIN_ARTICLES = 38
+
+_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "squad_v1.1": "squad", "squad1.1": "squad",
+            "squad-v1.1": "squad", "squad_v1": "squad", "squad-dev-split": "squad_dev_split"}
+
+
+def get_task(name: str | TaskSpec) -> TaskSpec:
+    """Look a task up by name (case-insensitive; "SST-2", "STS-B" also accepted)."""
+    if isinstance(name, TaskSpec):
+        return name
+    key = str(name).strip().lower()
+    key = _ALIASES.get(key, key)
+    if key in TASKS:
+        return TASKS[key]
+    close = difflib.get_close_matches(key, list(TASKS) + list(_ALIASES), n=1, cutoff=0.5)
+    hint = f" Did you mean {_ALIASES.get(close[0], close[0])!r}?" if close else ""
+    raise DataError(f"unknown task {name!r}.{hint} Choices: {', '.join(sorted(TASKS))}.")
