@@ -1,0 +1,635 @@
+"""Run configuration: frozen dataclasses <- YAML files (with ``base:`` inheritance) + overrides.
+
+One dataclass per YAML section (model, task, prune, train, data, distill, mesh) and a top-level
+:class:`Config`. Every value is type-checked and range-checked on construction, so a ``Config``
+that exists is valid; a bad value raises :class:`ConfigError` with one line naming the key::
+
+    cfg = load_config("configs/lab/sst2/movement.yaml", ["train.batch_size=8"])
+    save_config(cfg, "run/config.yaml")          # resolved: every key, after base: and overrides
+    assert load_config("run/config.yaml") == cfg
+
+A YAML file may start with ``base: other.yaml`` (or a list of files), resolved relative to the
+file; bases are merged in order, key by key, and the file's own keys win. Numbers such as
+``3e-5`` are read as floats (YAML 1.2), not as the strings plain YAML 1.1 makes of them.
+
+This module imports no JAX, so the command line can validate a config before any device work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import yaml
+
+__all__ = [
+    "ConfigError", "Config", "ModelConfig", "TaskConfig", "PruneConfig", "TrainConfig",
+    "DataConfig", "DistillConfig", "MeshConfig", "SECTIONS", "METHODS", "MASK_INITS",
+    "REGULARIZATIONS", "DTYPES", "load_config", "config_from_dict", "config_to_dict",
+    "apply_overrides", "dump_config", "save_config",
+]
+
+# Kept equal to masking.METHODS / masking.SCORE_INITS / regularizers.REGULARIZATIONS (tested);
+# repeated here so that reading a config does not import JAX.
+METHODS = ("none", "magnitude", "topk", "sigmoied_threshold", "l0")
+MASK_INITS = ("constant", "uniform", "kaiming")
+REGULARIZATIONS = ("l1", "l0")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: the message is one line that names the key at fault."""
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML
+# ----------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-5`` / ``3E+2`` (no dot) as floats."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str, where: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"invalid YAML in {where}{at}: {problem}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _coerce(path: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints become floats for float fields."""
+    args = typing.get_args(tp)
+    if type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        (tp,) = [a for a in args if a is not type(None)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path} must be finite, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {_describe(value)}")
+        return value
+    if typing.get_origin(tp) is tuple:  # tuple[str, ...]
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list of strings, got {_describe(value)}")
+        for item in value:
+            if not isinstance(item, str):
+                raise ConfigError(f"{path} must be a list of strings, got item {_describe(item)}")
+        return tuple(value)
+    raise TypeError(f"unsupported config annotation {tp!r} for {path}")  # programming error
+
+
+def _choice(path: str, value: str, choices: Sequence[str]) -> None:
+    if value in choices:
+        return
+    lowered = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(str(value).lower(), list(lowered), n=1, cutoff=0.5)
+    hint = f"; did you mean '{lowered[close[0]]}'?" if close else ""
+    raise ConfigError(f"unknown {path} {value!r}{hint} (choices: {', '.join(choices)})")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class _Section:
+    """Base of the section dataclasses: coerce and check every field on construction."""
+
+    SECTION: typing.ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = _coerce(f"{self.SECTION}.{f.name}", getattr(self, f.name), hints[f.name])
+            object.__setattr__(self, f.name, value)
+        self._check()
+
+    def _check(self) -> None:
+        """Range and choice checks of the section; raise ConfigError."""
+
+    def replace(self, **changes: Any):
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """The pretrained encoder to fine-prune."""
+
+    SECTION: typing.ClassVar[str] = "model"
+
+    name: str = "minilm-l6"  # "minilm-l6" = the embedded MiniLM, else a hub id or local path
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    dropout: float | None = None  # null = the model config's own dropout
+
+    def _check(self) -> None:
+        _require(bool(self.name.strip()), "model.name must not be empty")
+        _choice("model.dtype", self.dtype, DTYPES)
+        _require(self.dropout is None or 0.0 <= self.dropout < 1.0,
+                 f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+def _canonical_task(name: str) -> str:
+    """The task registry's name for ``name`` ("SST-2" -> "sst2"), if the registry is there."""
+    try:
+        from mvp_jax.data.tasks import DataError, get_task
+    except ImportError:  # registry not importable: the data pipeline will check the name
+        return name
+    try:
+        return get_task(name).name
+    except DataError as e:
+        raise ConfigError(f"task.name: {e}") from None
+
+
+@dataclass(frozen=True)
+class TaskConfig(_Section):
+    """The end task and its inputs."""
+
+    SECTION: typing.ClassVar[str] = "task"
+
+    name: str = "sst2"  # a GLUE task (sst2, mnli, qqp, ...) or squad
+    data_dir: str | None = None  # local GLUE/SQuAD directory; null = Hugging Face hub
+    max_seq_length: int | None = None  # null = task default (128 GLUE, 384 SQuAD)
+    doc_stride: int = 128  # SQuAD only: overlap stride of long contexts
+
+    def _check(self) -> None:
+        object.__setattr__(self, "name", _canonical_task(self.name))
+        _require(self.data_dir is None or bool(self.data_dir.strip()),
+                 "task.data_dir must not be empty (use null for the hub)")
+        _require(self.max_seq_length is None or self.max_seq_length >= 8,
+                 f"task.max_seq_length must be >= 8, got {self.max_seq_length}")
+        _require(self.doc_stride >= 1, f"task.doc_stride must be >= 1, got {self.doc_stride}")
+        _require(self.max_seq_length is None or self.doc_stride < self.max_seq_length,
+                 f"task.doc_stride ({self.doc_stride}) must be < task.max_seq_length "
+                 f"({self.max_seq_length})")
+
+
+@dataclass(frozen=True)
+class PruneConfig(_Section):
+    """Pruning method, its threshold schedule and its regularization (paper Sections 3-4).
+
+    ``initial_threshold`` / ``final_threshold`` are the fraction of weights kept (topk, magnitude)
+    or the sigmoid threshold tau (sigmoied_threshold); for l0 they only scale lambda, which
+    follows ``final_lambda * threshold / final_threshold`` as in the reference code.
+    """
+
+    SECTION: typing.ClassVar[str] = "prune"
+
+    method: str = "topk"  # none | magnitude | topk (movement) | sigmoied_threshold (soft) | l0
+    global_topk: bool = False  # one Top-v over all prunable matrices (topk, magnitude)
+    initial_threshold: float = 1.0
+    final_threshold: float = 0.15
+    initial_warmup: float = 1.0  # threshold held at initial for initial_warmup * train.warmup_steps
+    final_warmup: float = 2.0  # threshold held at final for the last final_warmup * warmup_steps
+    mask_init: str = "constant"  # scores init: constant | uniform | kaiming
+    mask_scale: float = 0.0  # constant value / uniform half-width (ignored by kaiming)
+    regularization: str | None = None  # null | l1 (soft movement) | l0 (L0 regularization)
+    final_lambda: float = 0.0  # penalty weight at the end of the schedule
+    patterns: tuple[str, ...] | None = None  # regexes of prunable kernels; null = encoder default
+    global_topk_frequency: int = 1  # recompute the global threshold every N steps
+
+    def _check(self) -> None:
+        m = self.method
+        _choice("prune.method", m, METHODS)
+        _choice("prune.mask_init", self.mask_init, MASK_INITS)
+        if self.regularization is not None:
+            _choice("prune.regularization", self.regularization, REGULARIZATIONS)
+        for name in ("initial_warmup", "final_warmup", "final_lambda"):
+            value = getattr(self, name)
+            _require(value >= 0, f"prune.{name} must be >= 0, got {value}")
+        _require(self.global_topk_frequency >= 1,
+                 f"prune.global_topk_frequency must be >= 1, got {self.global_topk_frequency}")
+        for name in ("initial_threshold", "final_threshold"):
+            t = getattr(self, name)
+            if m in ("topk", "magnitude"):
+                _require(0.0 < t <= 1.0,
+                         f"prune.{name} is the fraction of weights kept by {m} and must be in "
+                         f"(0, 1], got {t}")
+            elif m == "sigmoied_threshold":
+                lo_ok = t > 0.0 if name == "final_threshold" else t >= 0.0
+                interval = "(0, 1)" if name == "final_threshold" else "[0, 1)"
+                _require(lo_ok and t < 1.0,
+                         f"prune.{name} is the sigmoid threshold of sigmoied_threshold and must "
+                         f"be in {interval}, got {t}")
+            elif m == "l0":
+                ok = t > 0.0 if name == "final_threshold" else t >= 0.0
+                _require(ok, f"prune.{name} scales lambda for l0 (lambda = final_lambda * "
+                             f"threshold / final_threshold) and must be "
+                             f"{'> 0' if name == 'final_threshold' else '>= 0'}, got {t}")
+        if self.global_topk:
+            _require(m in ("topk", "magnitude"),
+                     f"prune.global_topk applies to methods topk and magnitude, not {m!r}")
+        # The reference code accepts any combination and silently computes a meaningless or
+        # missing penalty; these are the combinations of its README (Sanh et al. 2020).
+        reg = self.regularization
+        if reg == "l1":
+            _require(m == "sigmoied_threshold",
+                     f"prune.regularization l1 (soft movement) requires prune.method "
+                     f"sigmoied_threshold, got {m!r}")
+        if reg == "l0":
+            _require(m == "l0", f"prune.regularization l0 requires prune.method l0, got {m!r}")
+        if m == "l0":
+            _require(reg == "l0", f"prune.method l0 requires prune.regularization l0, got "
+                                  f"{'null' if reg is None else repr(reg)} (its sparsity comes "
+                                  f"from the expected-L0 penalty; use final_lambda 0 to disable)")
+        if reg is None:
+            _require(self.final_lambda == 0.0,
+                     f"prune.final_lambda={self.final_lambda} has no effect without "
+                     f"prune.regularization")
+        if self.patterns is not None:
+            _require(len(self.patterns) > 0, "prune.patterns must not be empty "
+                                             "(use null for the default prunable list)")
+            for p in self.patterns:
+                try:
+                    re.compile(p)
+                except re.error as e:
+                    raise ConfigError(f"prune.patterns: invalid regex {p!r}: {e}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Section):
+    """Optimization and the training loop."""
+
+    SECTION: typing.ClassVar[str] = "train"
+
+    # Examples per forward pass, all devices together. As in the reference code, one update
+    # sees batch_size * gradient_accumulation_steps examples.
+    batch_size: int = 16
+    epochs: float = 3.0
+    max_steps: int | None = None  # null = epochs * steps per epoch; else overrides epochs
+    learning_rate: float = 3e-5  # weights: linear warm-up then linear decay
+    scores_learning_rate: float = 1e-2  # importance scores, same schedule shape
+    # LR warm-up, and also the unit of prune.initial_warmup / prune.final_warmup
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # global-norm clipping over weights and scores; 0 = no clipping
+    adam_epsilon: float = 1e-8
+    gradient_accumulation_steps: int = 1
+    seed: int = 42
+    freeze_embeddings: bool = True
+    eval_every: int = 0  # steps; 0 = only at the end
+    save_every: int = 0  # steps; 0 = only at the end
+    keep_checkpoints: int = 2
+    eval_batch_size: int | None = None  # null = batch_size
+    log_every: int = 10
+
+    def _check(self) -> None:
+        for name in ("batch_size", "gradient_accumulation_steps", "keep_checkpoints", "log_every"):
+            value = getattr(self, name)
+            _require(value >= 1, f"train.{name} must be >= 1, got {value}")
+        for name in ("warmup_steps", "eval_every", "save_every", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            _require(value >= 0, f"train.{name} must be >= 0, got {value}")
+        for name in ("epochs", "learning_rate", "scores_learning_rate", "adam_epsilon"):
+            value = getattr(self, name)
+            _require(value > 0, f"train.{name} must be > 0, got {value}")
+        _require(self.max_steps is None or self.max_steps >= 1,
+                 f"train.max_steps must be >= 1 (or null), got {self.max_steps}")
+        _require(self.eval_batch_size is None or self.eval_batch_size >= 1,
+                 f"train.eval_batch_size must be >= 1 (or null), got {self.eval_batch_size}")
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """Subsampling of the datasets (quick runs, tests)."""
+
+    SECTION: typing.ClassVar[str] = "data"
+
+    max_train_samples: int | None = None  # null = all
+    max_eval_samples: int | None = None  # null = all
+
+    def _check(self) -> None:
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"data.{name} must be >= 1 (or null), got {value}")
+
+
+@dataclass(frozen=True)
+class DistillConfig(_Section):
+    """Knowledge distillation from a fine-tuned teacher (used only when ``teacher`` is set).
+
+    ``loss = alpha_ce * task_loss + alpha_distil * T^2 * KL(softmax(t/T) || softmax(s/T))``.
+    """
+
+    SECTION: typing.ClassVar[str] = "distill"
+
+    teacher: str | None = None  # hub id or local path of a fine-tuned model; null = no teacher
+    alpha_ce: float = 0.5
+    alpha_distil: float = 0.5
+    temperature: float = 2.0
+
+    def _check(self) -> None:
+        _require(self.teacher is None or bool(self.teacher.strip()),
+                 "distill.teacher must not be empty (use null for no teacher)")
+        for name in ("alpha_ce", "alpha_distil"):
+            value = getattr(self, name)
+            _require(value >= 0, f"distill.{name} must be >= 0, got {value}")
+        _require(self.alpha_ce + self.alpha_distil > 0,
+                 "distill.alpha_ce and distill.alpha_distil must not both be 0")
+        _require(self.temperature > 0, f"distill.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class MeshConfig(_Section):
+    """Device mesh: data-parallel x model-parallel axes."""
+
+    SECTION: typing.ClassVar[str] = "mesh"
+
+    data: int | None = None  # null = all devices / model
+    model: int = 1
+
+    def _check(self) -> None:
+        _require(self.data is None or self.data >= 1, f"mesh.data must be >= 1 (or null), got {self.data}")
+        _require(self.model >= 1, f"mesh.model must be >= 1, got {self.model}")
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelConfig, "task": TaskConfig, "prune": PruneConfig, "train": TrainConfig,
+    "data": DataConfig, "distill": DistillConfig, "mesh": MeshConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, validated run configuration (see the section classes for each key)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in SECTIONS.items():
+            value = getattr(self, name)
+            if not isinstance(value, cls):
+                raise ConfigError(f"config section '{name}' must be a {cls.__name__}, "
+                                  f"got {type(value).__name__}")
+        # Cross-section: the cubic schedule needs a non-empty window between the warm-ups.
+        p, t = self.prune, self.train
+        if p.method in ("topk", "magnitude", "sigmoied_threshold") and t.max_steps is not None:
+            held = (p.initial_warmup + p.final_warmup) * t.warmup_steps
+            _require(held < t.max_steps,
+                     f"(prune.initial_warmup + prune.final_warmup) * train.warmup_steps = {held:g} "
+                     f"leaves no pruning steps within train.max_steps = {t.max_steps}")
+
+    def replace(self, **changes: Any) -> Config:
+        """A validated copy with whole sections replaced, e.g. ``cfg.replace(train=...)``."""
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------------------------
+# dict <-> Config
+# ----------------------------------------------------------------------------------------------
+
+_KEYS = {name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in SECTIONS.items()}
+
+
+def _suggest_key(section: str, key: str) -> str | None:
+    """Closest valid 'section.key' for an unknown key: same key elsewhere, then spelling."""
+    for other, keys in _KEYS.items():
+        if key in keys and other != section:
+            return f"{other}.{key}"
+    if section in _KEYS:
+        close = difflib.get_close_matches(key, _KEYS[section], n=1, cutoff=0.6)
+        if close:
+            return f"{section}.{close[0]}"
+    dotted = [f"{s}.{k}" for s, keys in _KEYS.items() for k in keys]
+    close = difflib.get_close_matches(f"{section}.{key}", dotted, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _check_tree(tree: Mapping[str, Any], where: str | None) -> dict[str, dict[str, Any]]:
+    """Check section and key names of a raw mapping; return a plain {section: {key: value}}."""
+    suffix = f" (in {where})" if where else ""
+    out: dict[str, dict[str, Any]] = {}
+    for section, body in tree.items():
+        if section not in SECTIONS:
+            hint = ""
+            if isinstance(section, str):
+                close = difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=0.6)
+                if close:
+                    hint = f"; did you mean '{close[0]}'?"
+                else:
+                    owner = [s for s, keys in _KEYS.items() if section in keys]
+                    if owner:
+                        hint = f"; did you mean '{owner[0]}.{section}'?"
+            if not hint:
+                hint = f" (sections: {', '.join(SECTIONS)})"
+            raise ConfigError(f"unknown config section {str(section)!r}{hint}{suffix}")
+        if body is None:
+            body = {}
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"config section '{section}' must be a mapping of keys, "
+                              f"got {_describe(body)}{suffix}")
+        for key in body:
+            if key not in _KEYS[section]:
+                guess = _suggest_key(section, str(key))
+                hint = f"; did you mean '{guess}'?" if guess else \
+                    f" (keys of '{section}': {', '.join(_KEYS[section])})"
+                raise ConfigError(f"unknown config key '{section}.{key}'{hint}{suffix}")
+        out[section] = dict(body)
+    return out
+
+
+def _merge(base: Mapping[str, Mapping[str, Any]], top: Mapping[str, Mapping[str, Any]]):
+    merged = {s: dict(body) for s, body in base.items()}
+    for section, body in top.items():
+        merged.setdefault(section, {}).update(body)
+    return merged
+
+
+def config_from_dict(tree: Mapping[str, Any] | None) -> Config:
+    """Build a validated Config from ``{section: {key: value}}``; missing keys take defaults."""
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections, got {_describe(tree)}")
+    checked = _check_tree(tree, None)
+    return Config(**{name: cls(**checked.get(name, {})) for name, cls in SECTIONS.items()})
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """``{section: {key: value}}`` with every key (lists for tuples): plain YAML/JSON data."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        section = getattr(cfg, name)
+        out[name] = {f.name: (list(v) if isinstance(v := getattr(section, f.name), tuple) else v)
+                     for f in dataclasses.fields(section)}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Overrides
+# ----------------------------------------------------------------------------------------------
+
+
+def _field_type(section: str, key: str) -> Any:
+    return typing.get_type_hints(SECTIONS[section])[key]
+
+
+def _parse_override(text: str) -> dict[str, dict[str, Any]]:
+    """``"train.batch_size=32"`` -> ``{"train": {"batch_size": 32}}`` (value read as YAML)."""
+    if not isinstance(text, str) or "=" not in text:
+        raise ConfigError(f"malformed override {text!r}: expected section.key=value, "
+                          f"e.g. train.batch_size=32")
+    lhs, _, raw = text.partition("=")
+    parts = lhs.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        hint = ""
+        if len(parts) == 1 and parts[0]:
+            owner = [s for s, keys in _KEYS.items() if parts[0] in keys]
+            if owner:
+                hint = f"; did you mean '{owner[0]}.{parts[0]}={raw}'?"
+        raise ConfigError(f"malformed override {text!r}: expected section.key=value, "
+                          f"e.g. train.batch_size=32{hint}")
+    section, key = parts
+    tree = _check_tree({section: {key: None}}, f"--set {text}")  # names first, then the value
+    value = _yaml_load(raw, f"--set {text}")
+    # A string key given a bare scalar YAML reads as another type (model.name=123): keep the text.
+    tp = _field_type(section, key)
+    if str in (tp, *typing.get_args(tp)) and isinstance(value, (bool, int, float)):
+        value = raw.strip()
+    tree[section][key] = value
+    return tree
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
+    """``cfg`` with ``section.key=value`` overrides applied (values read as YAML)."""
+    tree = config_to_dict(cfg)
+    for text in overrides:
+        tree = _merge(tree, _parse_override(text))
+    return config_from_dict(tree)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+
+
+def _read_tree(path: Path, chain: tuple[Path, ...]) -> dict[str, dict[str, Any]]:
+    """The merged raw tree of one YAML file and its ``base:`` files."""
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(resolved):], resolved))
+        raise ConfigError(f"config inheritance cycle: {cycle}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        via = f" (base of {chain[-1]})" if chain else ""
+        raise ConfigError(f"cannot read config file '{path}': {reason}{via}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read config file '{path}': not UTF-8 text") from None
+    raw = _yaml_load(text, f"'{path}'")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{path}' must be a mapping of sections, "
+                          f"got {type(raw).__name__}")
+    raw = dict(raw)
+    bases = raw.pop("base", None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"'base' in '{path}' must be a file name or a list of file names, "
+                          f"got {_describe(bases)}")
+    tree: dict[str, dict[str, Any]] = {}
+    for base in bases:
+        base_path = Path(base) if os.path.isabs(base) else path.parent / base
+        tree = _merge(tree, _read_tree(base_path, (*chain, resolved)))
+    return _merge(tree, _check_tree(raw, f"'{path}'"))
+
+
+def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+                overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML config (or several, merged in order; None = defaults), then ``overrides``.
+
+    Each override is ``section.key=value``; the value is read as YAML (``16``, ``3e-5``,
+    ``true``, ``null``, ``[a, b]``). Raises ConfigError for any problem.
+    """
+    if path is None:
+        paths: list = []
+    elif isinstance(path, (str, os.PathLike)):
+        paths = [path]
+    else:
+        paths = list(path)
+    tree: dict[str, dict[str, Any]] = {}
+    for p in paths:
+        tree = _merge(tree, _read_tree(Path(p), ()))
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    for text in overrides:
+        tree = _merge(tree, _parse_override(text))
+    return config_from_dict(tree)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text (every key; readable by :func:`load_config`)."""
+    header = "# mvp-jax resolved config: every key, after base: files and --set overrides\n"
+    return header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config atomically (temporary file in the same folder + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(dump_config(cfg))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
