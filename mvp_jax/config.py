@@ -201,7 +201,8 @@ class TaskConfig(_Section):
         _require(self.max_seq_length is None or self.max_seq_length >= 8,
                  f"task.max_seq_length must be >= 8, got {self.max_seq_length}")
         _require(self.doc_stride >= 1, f"task.doc_stride must be >= 1, got {self.doc_stride}")
-        _require(self.max_seq_length is None or self.doc_stride < self.max_seq_length,
+        is_qa = self.name.startswith("squad")
+        _require(not is_qa or self.max_seq_length is None or self.doc_stride < self.max_seq_length,
                  f"task.doc_stride ({self.doc_stride}) must be < task.max_seq_length "
                  f"({self.max_seq_length})")
 
@@ -605,9 +606,16 @@ def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = N
         tree = _merge(tree, _read_tree(Path(p), ()))
     if isinstance(overrides, str):
         overrides = [overrides]
+    overrides = list(overrides)
     for text in overrides:
         tree = _merge(tree, _parse_override(text))
-    return config_from_dict(tree)
+    try:
+        return config_from_dict(tree)
+    except ConfigError as e:
+        if not paths:
+            raise
+        origin = ", ".join(str(p) for p in paths) + (" and --set overrides" if overrides else "")
+        raise ConfigError(f"{e} (config: {origin})") from None
 
 
 def dump_config(cfg: Config) -> str:
