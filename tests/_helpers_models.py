@@ -1,0 +1,54 @@
+"""Shared helpers for the model / export tests: tiny random HF checkpoints and padded batches."""
+
+from __future__ import annotations
+
+import numpy as np
+
+TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=37, max_position_embeddings=64, type_vocab_size=2)
+
+
+def tiny_config(**overrides):
+    from transformers import BertConfig
+
+    return BertConfig(**{**TINY, **overrides})
+
+
+def make_hf_checkpoint(out_dir, head="classification", num_labels=3, seed=0, std=0.2):
+    """Save a randomly initialised PyTorch BERT (every parameter ~ N(0, std^2), so LayerNorm and
+    biases are not trivial) with ``save_pretrained``; returns the torch model (eval mode)."""
+    import torch
+    from transformers import BertForQuestionAnswering, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(seed)
+    cls = {"classification": BertForSequenceClassification, "qa": BertForQuestionAnswering,
+           None: BertModel}[head]
+    config = tiny_config(num_labels=num_labels if head == "classification" else 2)
+    model = cls(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, std)
+    model.save_pretrained(out_dir)
+    return model
+
+
+def padded_batch(vocab_size, batch=3, length=12, seed=0):
+    """ids, attention_mask (rows with 0, 4 and 9 padded positions), token_type_ids."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab_size, (batch, length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    for row, keep in enumerate([length, length - 4, 3][:batch]):
+        mask[row, keep:] = 0
+        ids[row, keep:] = 0
+    types = np.zeros_like(ids)
+    types[:, length // 2:] = 1
+    return ids, mask, types
+
+
+def torch_outputs(model, ids, mask, types):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
+                     token_type_ids=torch.tensor(types, dtype=torch.long),
+                     output_hidden_states=True)
