@@ -119,13 +119,14 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported config annotation {tp!r} for {path}")  # programming error
 
 
-def _choice(path: str, value: str, choices: Sequence[str]) -> None:
+def _choice(path: str, value: str, choices: Sequence[str], nullable: bool = False) -> None:
     if value in choices:
         return
     lowered = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(str(value).lower(), list(lowered), n=1, cutoff=0.5)
     hint = f"; did you mean '{lowered[close[0]]}'?" if close else ""
-    raise ConfigError(f"unknown {path} {value!r}{hint} (choices: {', '.join(choices)})")
+    listed = ", ".join(choices) + (", or null" if nullable else "")
+    raise ConfigError(f"unknown {path} {value!r}{hint} (choices: {listed})")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -236,7 +237,7 @@ class PruneConfig(_Section):
         _choice("prune.method", m, METHODS)
         _choice("prune.mask_init", self.mask_init, MASK_INITS)
         if self.regularization is not None:
-            _choice("prune.regularization", self.regularization, REGULARIZATIONS)
+            _choice("prune.regularization", self.regularization, REGULARIZATIONS, nullable=True)
         for name in ("initial_warmup", "final_warmup", "final_lambda"):
             value = getattr(self, name)
             _require(value >= 0, f"prune.{name} must be >= 0, got {value}")
@@ -344,7 +345,8 @@ class DataConfig(_Section):
     def _check(self) -> None:
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
-            _require(value is None or value >= 1, f"data.{name} must be >= 1 (or null), got {value}")
+            _require(value is None or value >= 1,
+                     f"data.{name} must be >= 1 (or null), got {value}")
 
 
 @dataclass(frozen=True)
@@ -382,7 +384,8 @@ class MeshConfig(_Section):
     model: int = 1
 
     def _check(self) -> None:
-        _require(self.data is None or self.data >= 1, f"mesh.data must be >= 1 (or null), got {self.data}")
+        _require(self.data is None or self.data >= 1,
+                 f"mesh.data must be >= 1 (or null), got {self.data}")
         _require(self.model >= 1, f"mesh.model must be >= 1, got {self.model}")
 
 
