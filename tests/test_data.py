@@ -1,7 +1,6 @@
 """GLUE data pipeline, batching and metrics (mvp_jax.data)."""
 
 import csv
-import os
 from pathlib import Path
 
 import datasets

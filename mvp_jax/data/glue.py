@@ -41,7 +41,8 @@ GLUE_TSV_FORMATS: dict[str, TsvFormat] = {
     # sentence label
     "sst2": TsvFormat((0,), 1, ((0, "sentence"), (1, "label")), num_fields=2),
     # Quality #1 ID #2 ID #1 String #2 String
-    "mrpc": TsvFormat((3, 4), 0, ((0, "quality"), (3, "#1 string"), (4, "#2 string")), num_fields=5),
+    "mrpc": TsvFormat((3, 4), 0, ((0, "quality"), (3, "#1 string"), (4, "#2 string")),
+                      num_fields=5),
     # index genre filename year old_index source1 source2 sentence1 sentence2 score
     "stsb": TsvFormat((7, 8), -1, ((7, "sentence1"), (8, "sentence2"), (-1, "score")),
                       num_fields=10),
@@ -55,7 +56,8 @@ GLUE_TSV_FORMATS: dict[str, TsvFormat] = {
     "qnli": TsvFormat((1, 2), -1, ((1, "question"), (2, "sentence"), (-1, "label")), num_fields=4),
     # index sentence1 sentence2 label
     "rte": TsvFormat((1, 2), -1, ((1, "sentence1"), (2, "sentence2"), (-1, "label")), num_fields=4),
-    "wnli": TsvFormat((1, 2), -1, ((1, "sentence1"), (2, "sentence2"), (-1, "label")), num_fields=4),
+    "wnli": TsvFormat((1, 2), -1, ((1, "sentence1"), (2, "sentence2"), (-1, "label")),
+                      num_fields=4),
 }
 
 
@@ -132,7 +134,8 @@ def tokenize_glue(spec: TaskSpec, ds: datasets.Dataset, tokenizer, max_seq_lengt
         enc = tokenizer(*[batch[k] for k in keys], truncation=True, max_length=max_seq_length,
                         padding="max_length")
         out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-        out["token_type_ids"] = enc.get("token_type_ids") or [[0] * len(x) for x in enc["input_ids"]]
+        out["token_type_ids"] = (enc.get("token_type_ids")
+                                 or [[0] * len(x) for x in enc["input_ids"]])
         out["labels"] = batch[spec.label_key]
         return out
 

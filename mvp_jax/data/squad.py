@@ -39,8 +39,9 @@ def read_squad_json(path: str | Path) -> datasets.Dataset:
                 rows["title"].append(article.get("title", ""))
                 rows["context"].append(para["context"])
                 rows["question"].append(qa["question"])
-                rows["answers"].append({"text": [a["text"] for a in qa["answers"]],
-                                        "answer_start": [int(a["answer_start"]) for a in qa["answers"]]})
+                rows["answers"].append({
+                    "text": [a["text"] for a in qa["answers"]],
+                    "answer_start": [int(a["answer_start"]) for a in qa["answers"]]})
     features = datasets.Features({
         "id": datasets.Value("string"), "title": datasets.Value("string"),
         "context": datasets.Value("string"), "question": datasets.Value("string"),
@@ -68,7 +69,9 @@ def squad_features(ds: datasets.Dataset, tokenizer, max_seq_length: int = 384,
 
     def prepare(batch, indices):
         questions = [q.lstrip() for q in batch["question"]]
-        first, second = (questions, batch["context"]) if pad_on_right else (batch["context"], questions)
+        first, second = questions, batch["context"]
+        if not pad_on_right:
+            first, second = second, first
         enc = tokenizer(first, second, truncation="only_second" if pad_on_right else "only_first",
                         max_length=max_seq_length, stride=doc_stride,
                         return_overflowing_tokens=True, return_offsets_mapping=True,
@@ -109,10 +112,10 @@ def squad_features(ds: datasets.Dataset, tokenizer, max_seq_length: int = 384,
             "example_index", "offsets"]
     if len(ds) == 0:
         z = np.zeros((0, max_seq_length), np.int32)
-        return {"input_ids": z, "attention_mask": z.copy(), "token_type_ids": z.copy(),
-                "start_positions": np.zeros((0,), np.int32), "end_positions": np.zeros((0,), np.int32),
-                "example_index": np.zeros((0,), np.int32),
-                "offsets": np.zeros((0, max_seq_length, 2), np.int32)}
+        out = {k: z.copy() for k in cols[:3]}
+        out.update({k: np.zeros((0,), np.int32) for k in cols[3:6]})
+        out["offsets"] = np.zeros((0, max_seq_length, 2), np.int32)
+        return out
     feats = ds.map(prepare, batched=True, with_indices=True, remove_columns=ds.column_names,
                    desc="tokenizing squad")
     out = arrow_to_numpy(feats, cols)
@@ -134,8 +137,9 @@ def postprocess_qa(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np
     end_logits = np.asarray(end_logits, np.float32)
     F, L = start_logits.shape
     if end_logits.shape != (F, L) or offsets.shape[:2] != (F, L) or len(feature_example_index) != F:
-        raise ValueError(f"inconsistent shapes: start {start_logits.shape}, end {end_logits.shape}, "
-                         f"offsets {offsets.shape}, feature_example_index {len(feature_example_index)}")
+        raise ValueError(f"inconsistent shapes: start {start_logits.shape}, end "
+                         f"{end_logits.shape}, offsets {offsets.shape}, feature_example_index "
+                         f"{len(feature_example_index)}")
     answers = [""] * len(contexts)
     if F == 0:
         return answers
@@ -190,8 +194,9 @@ def exact_match_score(prediction: str, ground_truth: str) -> bool:
     return normalize_answer(prediction) == normalize_answer(ground_truth)
 
 
-def squad_metrics(predictions: Sequence[str], gold_answers: Iterable[Sequence[str]]) -> dict[str, float]:
-    """{"exact_match", "f1"} in percent, each the mean over examples of the max over gold answers."""
+def squad_metrics(predictions: Sequence[str], gold_answers: Iterable[Sequence[str]]
+                  ) -> dict[str, float]:
+    """{"exact_match", "f1"} in percent: mean over examples of the max over gold answers."""
     em = f1 = 0.0
     n = 0
     for pred, golds in zip(predictions, gold_answers, strict=True):
