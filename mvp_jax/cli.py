@@ -15,7 +15,9 @@ EXIT_INTERRUPTED = 130
 
 
 def _add_common_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML recipe (see configs/); default: built-in defaults")
+    p.add_argument("--config", metavar="FILE", action="append",
+                   help="YAML recipe (see configs/); repeat to layer files, later ones win; "
+                        "default: built-in defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set prune.final_threshold=0.1 (repeatable)")
 
@@ -75,7 +77,7 @@ def cmd_fine_prune(args) -> int:
     from mvp_jax.config import load_config
     from mvp_jax.runner import fine_prune
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config or None, args.overrides)
     results = fine_prune(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite,
                          progress=not args.no_progress)
     print(json.dumps(results, indent=2, default=float))

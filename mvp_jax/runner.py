@@ -114,7 +114,8 @@ def pruning_of(cfg, total_steps: int) -> Pruning:
 def load_setup(cfg) -> Setup:
     """Load model, teacher and data; check that they fit together."""
     from mvp_jax import data
-    from mvp_jax.models import load_pretrained, load_tokenizer
+    from mvp_jax.models import load_config as load_model_config
+    from mvp_jax.models import load_pretrained, load_tokenizer, resolve_model_path
 
     spec = data.get_task(cfg.task.name)
     head = "qa" if spec.kind == "qa" else "classification"
@@ -132,12 +133,13 @@ def load_setup(cfg) -> Setup:
                        f"{pre.config.max_position_embeddings} position embeddings")
     teacher = None
     if cfg.distill.teacher:
-        teacher = load_pretrained(cfg.distill.teacher, head=head, num_labels=spec.num_labels,
-                                  dtype=dtype, seed=cfg.train.seed)
-        n_teacher = getattr(teacher.config, "num_labels", spec.num_labels)
+        teacher_path = resolve_model_path(cfg.distill.teacher)
+        n_teacher = load_model_config(teacher_path).num_labels
         if head == "classification" and n_teacher != spec.num_labels:
             raise RunError(f"teacher {cfg.distill.teacher!r} has {n_teacher} labels; "
                            f"task {spec.name} has {spec.num_labels}")
+        teacher = load_pretrained(teacher_path, head=head, num_labels=spec.num_labels,
+                                  dtype=dtype, seed=cfg.train.seed)
     tokenizer = load_tokenizer(pre.path)
     task = data.load_task(spec.name, tokenizer, data_dir=cfg.task.data_dir, max_seq_length=max_len,
                           doc_stride=cfg.task.doc_stride,
