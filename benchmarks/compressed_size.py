@@ -69,7 +69,8 @@ def main() -> None:
     report["index"] = index_sizes(params)
     enc = report["encoder+head"]
     print(json.dumps(report, indent=1))
-    print(f"\nBERT-base-shaped, head={args.head}, {100 * counts['fraction']:.2f}% of prunable weights")
+    print(f"\nBERT-base-shaped, head={args.head}, "
+          f"{100 * counts['fraction']:.2f}% of prunable weights")
     print(f"encoder+head: {enc['dense_float32_bytes'] / MB:.1f} MB dense float32 -> "
           f"{enc['bytes'] / MB:.2f} MB ({enc['ratio']:.1f}x); paper reference 340 MB -> 11 MB")
     print(f"whole file (incl. float16 embeddings): {report['dense_float32_bytes'] / MB:.1f} MB -> "

@@ -156,7 +156,8 @@ def test_bfloat16_compute_and_dropout(ckpts):
 
     apply = lambda key: p32.module.apply(  # noqa: E731
         {"params": p32.params}, ids, mask, types, deterministic=False, rngs={"dropout": key})
-    a, b, a2 = apply(jax.random.PRNGKey(0)), apply(jax.random.PRNGKey(1)), apply(jax.random.PRNGKey(0))
+    keys = jax.random.PRNGKey(0), jax.random.PRNGKey(1), jax.random.PRNGKey(0)
+    a, b, a2 = (apply(k) for k in keys)
     assert _max_diff(a, b) > 1e-4 and _max_diff(a, a2) == 0.0 and _max_diff(a, ref) > 1e-4
 
 
@@ -200,7 +201,8 @@ def test_flax_bert_model_msgpack_without_prefix(ckpts, tmp_path):
     ref = load_pretrained(path)
     d = _copy_config(path, tmp_path / "m")
     with open(os.path.join(d, "flax_model.msgpack"), "wb") as f:
-        f.write(serialization.msgpack_serialize(jax.tree_util.tree_map(np.asarray, ref.params["bert"])))
+        bert = jax.tree_util.tree_map(np.asarray, ref.params["bert"])
+        f.write(serialization.msgpack_serialize(bert))
     got = load_pretrained(d)
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(ref.params),
                                                      jax.tree_util.tree_leaves(got.params)))
@@ -219,7 +221,8 @@ def test_heads_across_checkpoints(ckpts, caplog):
 
 def test_resolve_and_tokenizer():
     path = resolve_model_path(None)
-    assert path == resolve_model_path("minilm-l6") and os.path.isfile(os.path.join(path, "vocab.txt"))
+    assert path == resolve_model_path("minilm-l6")
+    assert os.path.isfile(os.path.join(path, "vocab.txt"))
     tok = load_tokenizer(path)
     assert tok("hello world")["input_ids"][0] == tok.cls_token_id
 

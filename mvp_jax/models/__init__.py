@@ -1,6 +1,15 @@
 """Flax BERT encoder + heads (named like Hugging Face's Flax BERT) and checkpoint loading."""
 
-from .bert import HEADS, Bert, BertModule, BertSpec, attention_bias, build_module, init_params, param_shapes
+from .bert import (
+    HEADS,
+    Bert,
+    BertModule,
+    BertSpec,
+    attention_bias,
+    build_module,
+    init_params,
+    param_shapes,
+)
 from .loading import (
     DEFAULT_MODEL,
     CheckpointError,

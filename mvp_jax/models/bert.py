@@ -89,7 +89,8 @@ def _dense(spec: BertSpec, features: int, dtype, name: str) -> nn.Dense:
 
 
 def _layer_norm(spec: BertSpec, dtype, name: str = "LayerNorm") -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=spec.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32, name=name)
+    return nn.LayerNorm(epsilon=spec.layer_norm_eps, dtype=dtype, param_dtype=jnp.float32,
+                        name=name)
 
 
 class BertEmbeddings(nn.Module):

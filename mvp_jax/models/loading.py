@@ -3,7 +3,8 @@
 Name mapping, PyTorch -> Flax (``bert.`` prefix optional, ``cls.*`` pretraining heads and the
 ``position_ids`` / ``token_type_ids`` buffers ignored)::
 
-    *.LayerNorm.{weight|gamma}  -> */LayerNorm/scale      *.LayerNorm.{bias|beta} -> */LayerNorm/bias
+    *.LayerNorm.{weight|gamma}  -> */LayerNorm/scale
+    *.LayerNorm.{bias|beta}     -> */LayerNorm/bias
     *_embeddings.weight         -> *_embeddings/embedding
     *.weight  [out, in]         -> */kernel [in, out]  (transposed)
     embeddings|encoder|pooler.* -> bert/...             classifier.*, qa_outputs.* -> top level
@@ -199,7 +200,8 @@ def _read_msgpack(file: str) -> dict[str, np.ndarray]:
     if "bert" not in tree and "embeddings" in tree:  # a FlaxBertModel checkpoint
         tree = {**{k: v for k, v in tree.items() if k not in ("embeddings", "encoder", "pooler")},
                 "bert": {k: tree[k] for k in ("embeddings", "encoder", "pooler") if k in tree}}
-    return {k: np.asarray(v, np.float32) for k, v in traverse_util.flatten_dict(tree, sep="/").items()}
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return {k: np.asarray(v, np.float32) for k, v in flat.items()}
 
 
 def read_weights(path: str) -> tuple[str, dict[str, np.ndarray]]:
@@ -225,7 +227,8 @@ def read_weights(path: str) -> tuple[str, dict[str, np.ndarray]]:
         except CheckpointError:
             raise
         except Exception as e:  # truncated / corrupt files raise many different types
-            raise CheckpointError(f"cannot read weights file {file}: {type(e).__name__}: {e}") from e
+            raise CheckpointError(
+                f"cannot read weights file {file}: {type(e).__name__}: {e}") from e
         flat, unknown = hf_state_dict_to_flax(state)
         if unknown:
             raise CheckpointError(f"{file}: unexpected weights {sorted(unknown)}")
