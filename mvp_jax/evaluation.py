@@ -83,12 +83,5 @@ def export_run(run_dir: str, output_dir: str, *, compressed: str | None = None,
     report = {"export": output_dir, "step": int(state.step), "remaining_weights": counts["fraction"]}
     if compressed:
         save_compressed(compressed, masked, pre.config, head_for(spec))
-        report["compressed"] = compression_report(compressed, masked) if _takes_two(compression_report) \
-            else compression_report(compressed)
+        report["compressed"] = compression_report(compressed)
     return report
-
-
-def _takes_two(fn) -> bool:
-    import inspect
-
-    return len(inspect.signature(fn).parameters) >= 2

@@ -98,7 +98,7 @@ def test_run_directory_export_and_counts(runs, method, shared_data):
 
 
 def test_global_topk_keeps_exact_total(tmp_path, shared_data):
-    cfg = small_config(shared_data, "topk", "prune.global_topk=true", "train.max_steps=2")
+    cfg = small_config(shared_data, "topk", "prune.global_topk=true", "train.max_steps=3")
     res = fine_prune(cfg, str(tmp_path / "run"), progress=False)
     assert res["remaining"] == int(0.3 * 6 * MINILM_PRUNABLE_PER_LAYER)
     counts = json.loads((tmp_path / "run" / "counts.json").read_text())
