@@ -20,3 +20,22 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"offline data not found at {SHARED_DATA} (../shared/data beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The embedded MiniLM's tokenizer."""
+    import transformers
+
+    from mvp_jax.models import resolve_model_path
+
+    return transformers.AutoTokenizer.from_pretrained(resolve_model_path("minilm-l6"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_datasets():
+    import datasets
+
+    datasets.disable_progress_bars()
+    yield
+    datasets.enable_progress_bars()

