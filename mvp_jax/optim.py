@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import jax
-import jax.numpy as jnp
 import optax
 
 NO_DECAY = (r"(^|/)bias$", r"LayerNorm/")

@@ -1,6 +1,5 @@
 """The `mvp-jax` command: help, and bad input -> one clear line, exit code 2, nothing written."""
 
-import json
 import os
 import signal
 import subprocess

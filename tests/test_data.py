@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import scipy.stats
 import sklearn.metrics
-import transformers
 
 from mvp_jax import data as D
 

@@ -5,7 +5,6 @@ remaining weights are counted on the exported tensors.
 """
 
 import json
-import os
 
 import jax
 import numpy as np

@@ -10,7 +10,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-import transformers
 
 from mvp_jax import data as D
 
