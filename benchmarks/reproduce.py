@@ -60,12 +60,12 @@ PRESETS = {
     # What a 2-core CPU affords in about 90 minutes (see results/RESULTS.md).
     "cpu-reduced": dict(
         tasks="sst2,squad_dev_split", methods=",".join(METHODS), targets="0.5,0.1,0.03", seeds="42",
-        distill="both", distill_targets="0.1,0.03", squad_distill="no", max_train_samples=640,
-        max_steps=40, batch_size=16, max_seq_length=64, squad_max_seq_length=256,
+        distill="both", distill_targets="0.1,0.03", squad_distill="no", max_train_samples=960,
+        max_steps=60, batch_size=16, max_seq_length=64, squad_max_seq_length=256,
         squad_doc_stride=128, squad_max_train_samples=240, squad_max_steps=30, squad_batch_size=8,
         squad_max_eval_samples=300, squad_methods="magnitude,topk", squad_targets="0.1",
         warmup_fraction=0.1, lambda_trials=2, lambda_trials_distill=1,
-        soft_scores_lr=0.2, l0_scores_lr=0.3, learning_rate=1e-4),
+        soft_scores_lr=0.2, l0_scores_lr=0.3, learning_rate=3e-4),
     # Paper-like settings (GPU): full SST-2 train, 3 epochs (10 for SQuAD-dev split, it is small).
     "full": dict(
         tasks="sst2,squad_dev_split", methods=",".join(METHODS), targets="0.5,0.1,0.03", seeds="42",
