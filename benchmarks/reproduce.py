@@ -64,7 +64,7 @@ PRESETS = {
         max_steps=60, batch_size=16, max_seq_length=64, squad_max_seq_length=256,
         squad_doc_stride=128, squad_max_train_samples=240, squad_max_steps=30, squad_batch_size=8,
         squad_max_eval_samples=300, squad_methods="magnitude,topk", squad_targets="0.1",
-        warmup_fraction=0.1, lambda_trials=2, lambda_trials_distill=1,
+        warmup_fraction=0.1, lambda_trials=1, lambda_trials_distill=1,
         soft_scores_lr=0.2, l0_scores_lr=0.3, learning_rate=3e-4),
     # Paper-like settings (GPU): full SST-2 train, 3 epochs (10 for SQuAD-dev split, it is small).
     "full": dict(
@@ -216,13 +216,18 @@ def make_config(args, task, method, target, seed, lam=None, teacher=None, total_
     return load_config([str(f) for f in files], ov + list(args.overrides))
 
 
+_STEPS: dict = {}
+
+
 def total_steps_of(args, task, seed):
     """Updates of a run of ``task`` (needs the data size when the run length is in epochs)."""
     cfg = make_config(args, task, "none", None, seed)
     if cfg.train.max_steps:
         return cfg.train.max_steps
-    from mvp_jax.runner import load_setup
-    return load_setup(cfg).total_steps
+    if (task, seed) not in _STEPS:
+        from mvp_jax.runner import load_setup
+        _STEPS[task, seed] = load_setup(cfg).total_steps
+    return _STEPS[task, seed]
 
 
 def run_name(method, distill, target, seed, lam=None):
