@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="MODEL", help="run directory or model directory")
     p.add_argument("--task", help="task name (default: the run's task)")
     p.add_argument("--data-dir", help="local data directory (default: the run's, else the hub)")
-    p.add_argument("--max-eval-samples", type=int, help="evaluate on the first N examples only")
+    p.add_argument("--max-eval-samples", type=int,
+                   help="evaluate on the first N examples only (default: the run's setting, else all)")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
 
     p = sub.add_parser("export", help="export a run's latest checkpoint as a pruned model",
@@ -97,8 +98,9 @@ def cmd_evaluate(args) -> int:
         raise ValueError("--task is required when MODEL is not a run directory")
     data_dir = args.data_dir or (run_cfg.task.data_dir if run_cfg else None)
     max_len = run_cfg.task.max_seq_length if run_cfg else None
+    max_eval = args.max_eval_samples or (run_cfg.data.max_eval_samples if run_cfg else None)
     metrics = evaluate_model_dir(_model_dir(args.model), task, data_dir=data_dir,
-                                 max_eval_samples=args.max_eval_samples, batch_size=args.batch_size,
+                                 max_eval_samples=max_eval, batch_size=args.batch_size,
                                  max_seq_length=max_len)
     print(json.dumps(metrics, indent=2, default=float))
     return 0

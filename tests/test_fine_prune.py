@@ -129,3 +129,24 @@ def test_resume_gives_identical_params(tmp_path, shared_data):
     ra = json.loads((tmp_path / "full" / "eval_results.json").read_text())
     rb = json.loads((tmp_path / "split" / "eval_results.json").read_text())
     assert ra["metrics"] == rb["metrics"]
+
+
+def test_cli_evaluate_count_export_on_a_run(runs, tmp_path, capsys):
+    from mvp_jax.cli import main
+    from mvp_jax.export import load_compressed
+
+    d, results = runs["topk"]
+    assert main(["evaluate", str(d)]) == 0
+    assert json.loads(capsys.readouterr().out) == results["metrics"]
+    assert main(["count", str(d), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((d / "counts.json").read_text())
+    out, packed = tmp_path / "exported", tmp_path / "model.mvpz"
+    assert main(["export", str(d), "--output-dir", str(out), "--compressed", str(packed)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["step"] == 4 and report["compressed"]["file_bytes"] == packed.stat().st_size
+    assert (out / "model.safetensors").read_bytes() == (d / "export" / "model.safetensors").read_bytes()
+    module, params, _ = load_compressed(str(packed))
+    assert module.num_labels == 2 and "classifier" in params
+    # a second export to the same place is refused, the first one untouched
+    assert main(["export", str(d), "--output-dir", str(out)]) == 2
+    assert "mvp-jax: error:" in capsys.readouterr().err
