@@ -13,7 +13,8 @@ binarizer, so ``dL/dS = dL/dM = dL/d(W*M) * W``.
 
 Selection of the k-th largest value never sorts: floats are mapped to order-preserving uint32
 keys and the k-th key is found bit by bit (32 rounds, each one fused count ``sum(key >= t)``),
-so the same code selects per matrix or globally over a pytree (counts simply add up).
+so the same code selects per matrix or globally over a pytree (counts simply add up), and on
+sharded scores each round is a local count plus one scalar all-reduce: no score is gathered.
 """
 
 from __future__ import annotations
@@ -64,17 +65,21 @@ def _from_order_key(key: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
-def _kth_key(keys: Sequence[jax.Array], k) -> jax.Array:
-    """Largest uint32 ``t`` with ``#{key >= t} >= k``, i.e. the k-th largest key (1-indexed).
+@jax.jit
+def _kth_key(leaves: Sequence[jax.Array], k) -> jax.Array:
+    """Largest uint32 ``t`` with ``#{key >= t} >= k``, i.e. the k-th largest order key
+    (1-indexed) over all ``leaves`` (float arrays of any shape) together.
 
-    Built from the most significant bit down: 32 rounds, each a sum over all arrays of
-    ``key >= candidate``. Counts are int32, so at most 2**31 - 1 entries in total.
+    Built from the most significant bit down: 32 rounds, each one fused count
+    ``sum(key(x) >= candidate)`` per leaf (keys recomputed inside the count, never stored).
+    Nothing is flattened or gathered: on sharded leaves each count is a local sum plus one scalar
+    all-reduce. Counts are int32, so at most 2**31 - 1 entries in total.
     """
     k = jnp.asarray(k, jnp.int32)
 
     def round_(i, result):
         candidate = result | (jnp.uint32(1) << (jnp.uint32(31) - i.astype(jnp.uint32)))
-        count = sum(jnp.sum(key >= candidate, dtype=jnp.int32) for key in keys)
+        count = sum(jnp.sum(_order_keys(x) >= candidate, dtype=jnp.int32) for x in leaves)
         return jnp.where(count >= k, candidate, result)
 
     return jax.lax.fori_loop(0, 32, round_, jnp.uint32(0))
@@ -86,11 +91,10 @@ def kth_largest(x: PyTree, k) -> jax.Array:
     ``kth_largest(x, k) == jnp.sort(x.ravel())[-k]`` for ``1 <= k <= x.size``, found without
     sorting by bisection over the float32 bit pattern. ``k`` may be traced.
     """
-    leaves = [jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(x)]
+    leaves = jax.tree_util.tree_leaves(x)
     if not leaves:
         raise ValueError("kth_largest: got an empty pytree")
-    keys = [_order_keys(leaf) for leaf in leaves]
-    return _from_order_key(_kth_key(keys, k))
+    return _from_order_key(_kth_key([jnp.asarray(leaf, jnp.float32) for leaf in leaves], k))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,25 +114,54 @@ def _keep_count(keep, size: int):
     return jnp.floor(jnp.asarray(keep, jnp.float32) * size).astype(jnp.int32)
 
 
+def _flat_index(shape: Sequence[int], offset: int) -> jax.Array:
+    """``offset + `` row-major flat index of every entry of an array of ``shape`` (int32),
+    built from iotas so that it is computed where each shard lives."""
+    index = jnp.full(shape, offset, jnp.int32)
+    stride = 1
+    for d in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.int32, tuple(shape), d) * stride
+        stride *= shape[d]
+    return index
+
+
+@jax.jit
 def _topk_binarize_leaves(leaves: Sequence[jax.Array], k) -> list[jax.Array]:
     """Masks with exactly ``k`` ones over all leaves together.
 
     Ties at the k-th value are broken by position (first leaf, then flat index first), so the
-    count is exact for tied and constant scores too.
+    count is exact for tied and constant scores too. The position cut-off is found by a second
+    bisection, over the global flat index of the tied entries, run only when the ties must be
+    split (``lax.cond``): counts only, so sharded leaves are never gathered.
     """
     k = jnp.asarray(k, jnp.int32)
-    keys = [_order_keys(jnp.ravel(leaf)) for leaf in leaves]
-    t = _kth_key(keys, jnp.maximum(k, 1))
-    above = [key > t for key in keys]
-    n_above = sum(jnp.sum(a, dtype=jnp.int32) for a in above)
+    leaves = [jnp.asarray(leaf) for leaf in leaves]
+    t = _kth_key(leaves, jnp.maximum(k, 1))
+    keys = [_order_keys(leaf) for leaf in leaves]
+    n_above = sum(jnp.sum(key > t, dtype=jnp.int32) for key in keys)
+    n_tied = sum(jnp.sum(key == t, dtype=jnp.int32) for key in keys)
     ties_left = jnp.maximum(k - n_above, 0)  # how many entries equal to the k-th value to keep
-    masks, ties_before = [], jnp.int32(0)
-    for leaf, key, a in zip(leaves, keys, above):
-        tie = key == t
-        rank = jnp.cumsum(tie, dtype=jnp.int32) + ties_before
-        keep_flat = (a | (tie & (rank <= ties_left))) & (k > 0)
-        ties_before = ties_before + jnp.sum(tie, dtype=jnp.int32)
-        masks.append(keep_flat.reshape(leaf.shape).astype(leaf.dtype))
+    total = sum(int(np.size(leaf)) for leaf in leaves)
+    offsets = np.cumsum([0] + [int(np.size(leaf)) for leaf in leaves[:-1]])
+
+    def index_cutoff():
+        # largest m with #{tie, index < m} < ties_left: the ties_left-th tied index
+        def round_(bit, m):
+            candidate = m | (jnp.int32(1) << bit)
+            count = sum(jnp.sum((key == t) & (_flat_index(key.shape, int(o)) < candidate),
+                                dtype=jnp.int32) for key, o in zip(keys, offsets))
+            return jnp.where(count < ties_left, candidate, m)
+
+        bits = max(int(total - 1).bit_length(), 1)
+        return jax.lax.fori_loop(0, bits, lambda i, m: round_(bits - 1 - i, m), jnp.int32(0))
+
+    # every tie kept (the usual case for learned scores): no cut-off needed
+    cutoff = jax.lax.cond(n_tied > ties_left, index_cutoff, lambda: jnp.int32(total))
+    masks = []
+    for leaf, key, o in zip(leaves, keys, offsets):
+        tie_kept = (key == t) & (_flat_index(key.shape, int(o)) <= cutoff)
+        keep = ((key > t) | tie_kept) & (k > 0)
+        masks.append(keep.astype(leaf.dtype))
     return masks
 
 
@@ -141,6 +174,7 @@ def _tree_size(tree: PyTree) -> int:
     return sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(tree))
 
 
+@partial(jax.jit, static_argnames="sigmoid")
 def _threshold_binarize(scores: jax.Array, tau, sigmoid: bool) -> jax.Array:
     """``1[sigmoid(S) > tau]``; if that keeps fewer than ``int(0.005 n) + 1`` entries, keep those
     above the ``(int(0.005 n) + 2)``-th largest score instead (the reference's 0.5% floor)."""
@@ -148,9 +182,11 @@ def _threshold_binarize(scores: jax.Array, tau, sigmoid: bool) -> jax.Array:
     n_min = int(0.005 * n) + 1
     values = jax.nn.sigmoid(scores) if sigmoid else scores
     mask = values > tau
-    floor_value = kth_largest(scores, min(n_min + 1, n))
-    mask = jnp.where(jnp.sum(mask) < n_min, scores > floor_value, mask)
-    return mask.astype(scores.dtype)
+    # the floor's k-th value (32 counting passes) only when the floor applies
+    return jax.lax.cond(
+        jnp.sum(mask, dtype=jnp.int32) < n_min,
+        lambda: (scores > kth_largest(scores, min(n_min + 1, n))).astype(scores.dtype),
+        lambda: mask.astype(scores.dtype))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
