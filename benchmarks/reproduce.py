@@ -368,11 +368,10 @@ def experiment(args, runner: Runner):
             for distill in distills:
                 tlist = [t for t in targets if not distill or t in args.distill_targets]
                 for method in methods:
-                    pool = []  # (lambda, remaining) of this task/method/distill/seed
                     for target in tlist:
                         try:
                             cell = run_cell(args, runner, task, method, distill, target, seed,
-                                            teacher, pool, trials)
+                                            teacher, trials)
                         except Deadline:
                             log("deadline reached: no more runs")
                             return rows, trials
@@ -381,37 +380,48 @@ def experiment(args, runner: Runner):
     return rows, trials
 
 
-def run_cell(args, runner, task, method, distill, target, seed, teacher, pool, trials):
+def run_cell(args, runner, task, method, distill, target, seed, teacher, trials):
+    """Hard-target methods: one run. Soft movement / L0: up to --lambda-trials runs for this
+    target (those already on disk for it count, with --resume-existing), each lambda from all
+    the trials so far of the same task/method/distillation/seed (secant on log-log); stops
+    when a trial lands within 25% of the target. The table picks among trials afterwards."""
     t = teacher if distill else None
     if method not in LAMBDA_METHODS:
         return runner.run(task, method, distill, target, seed, teacher=t)
-    found = []
+    kd = "yes" if distill else "no"
+
+    def known(kd_):
+        rows = {r["run"]: r for r in trials
+                if (r["task"], r["method"], r["distill"], r["seed"]) == (task, method, kd_, seed)}
+        if args.resume_existing:
+            for r in trials_on_disk(args, task, method, kd_ == "yes", seed):
+                rows.setdefault(r["run"], r)
+        return list(rows.values())
+
     n = args.lambda_trials_distill if distill else args.lambda_trials
-    # Seed the search with the runs without distillation, when there are any.
-    nokd = [(r["lambda"], r["remaining_weights"]) for r in trials
-            if r["task"] == task and r["method"] == method and r["distill"] == "no"
-            and r["seed"] == seed]
-    for _ in range(n):
-        hist = pool or nokd
+    done = sum(1 for r in known(kd) if r["target"] == target)
+    for _ in range(n - done):
+        cands = known(kd)
+        if cands and abs(math.log(max(closest(cands, target)["remaining_weights"], 1e-6)
+                                  / target)) < math.log(1.25):
+            break
+        # without trials of its own, distillation starts from the trials without it
+        hist = [(r["lambda"], r["remaining_weights"]) for r in (cands or known("no"))]
         lam = float(f"{next_lambda(hist, target, DEFAULT_LAMBDA[method]):.4g}")
-        if any(abs(lam - l) < 1e-9 for l, _ in pool):
+        if any(abs(lam - r["lambda"]) < 1e-9 for r in cands):
             break
         row = runner.run(task, method, distill, target, seed, lam=lam, teacher=t)
         if row is None:
             break
         trials.append(row)
-        pool.append((lam, row["remaining_weights"]))
-        found.append(row)
-        if abs(math.log(max(row["remaining_weights"], 1e-6) / target)) < math.log(1.25):
-            break
-    # candidates: every trial of this method/distill/seed so far (trials serve all targets)
-    cands = [r for r in trials if r["task"] == task and r["method"] == method
-             and r["distill"] == ("yes" if distill else "no") and r["seed"] == seed]
-    if not cands:
-        return None
-    best = dict(closest(cands, target))
-    best["target"] = target
-    return best
+    return None
+
+
+def trials_on_disk(args, task, method, distill, seed):
+    """Finished runs of one method/distillation/seed under --runs-dir."""
+    pattern = f"{method}_{'kd' if distill else 'nokd'}_t*_s{seed}"
+    return [read_run(d) for d in sorted((Path(args.runs_dir) / task).glob(pattern))
+            if (d / "eval_results.json").exists()]
 
 
 def existing_trials(args):
@@ -425,21 +435,26 @@ def existing_trials(args):
 
 
 def select_from_runs(args, all_rows):
-    """The reported cells from all finished runs: hard-target methods as they are; for
-    lambda methods, per (task, method, distill, seed, target) the closest trial."""
-    rows = []
+    """The reported cells from all finished runs: hard-target methods as they are; for lambda
+    methods, per (task, method, distill, seed) each searched target gets a distinct trial,
+    assigned greedily by |log(remaining / target)| (closest pairs first), so no run is shown
+    twice; a target left without a trial gets no row."""
+    rows = [dict(r) for r in all_rows if r["method"] not in LAMBDA_METHODS]
+    groups = {}
     for r in all_rows:
-        if r["method"] not in LAMBDA_METHODS:
-            rows.append(dict(r))
-    keys = {(r["task"], r["method"], r["distill"], r["seed"], r["target"])
-            for r in all_rows if r["method"] in LAMBDA_METHODS}
-    for task, method, distill, seed, target in sorted(keys, key=str):
-        cands = [r for r in all_rows if (r["task"], r["method"], r["distill"], r["seed"]) ==
-                 (task, method, distill, seed) and r["method"] in LAMBDA_METHODS]
-        best = dict(closest(cands, target))
-        best["target"] = target
-        if best not in rows:
-            rows.append(best)
+        if r["method"] in LAMBDA_METHODS:
+            groups.setdefault((r["task"], r["method"], r["distill"], r["seed"]), []).append(r)
+    for _, cands in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        targets = sorted({r["target"] for r in cands})
+        pairs = sorted((abs(math.log(max(r["remaining_weights"], 1e-6) / t)), i, t)
+                       for i, r in enumerate(cands) for t in targets)
+        used_runs, used_targets = set(), set()
+        for _, i, t in pairs:
+            if i in used_runs or t in used_targets:
+                continue
+            used_runs.add(i)
+            used_targets.add(t)
+            rows.append({**cands[i], "target": t})
     return rows
 
 
@@ -522,9 +537,10 @@ STYLE = {"magnitude": ("tab:blue", "o"), "topk": ("tab:orange", "s"),
          "sigmoied_threshold": ("tab:green", "^"), "l0": ("tab:red", "D")}
 
 
-def plot(rows, path, title=None):
+def plot(rows, path, title=None, trials=()):
     """Metric against remaining weights (log x), one line per method, dense as a horizontal
-    line; solid without distillation, dashed with; one panel per task."""
+    line; solid without distillation, dashed with; one panel per task. Lambda trials that are
+    not in the table are drawn as faint unconnected markers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -559,6 +575,15 @@ def plot(rows, path, title=None):
                         marker=marker, ls="--" if distill == "yes" else "-",
                         mfc="white" if distill == "yes" else color,
                         label=METHOD_LABELS[method] + (" + distillation" if distill == "yes" else ""))
+        shown = {(r["run"], r["distill"]) for r in trs}
+        extra = [r for r in trials if r["task"] == task and (r["run"], r["distill"]) not in shown]
+        for r in extra:
+            color, marker = STYLE[r["method"]]
+            ax.plot([100 * r["remaining_weights"]], [100 * r[main]], ls="none", marker=marker,
+                    color=color, alpha=0.35, ms=5)
+        if extra:
+            ax.plot([], [], ls="none", marker="o", color="grey", alpha=0.35,
+                    label="other lambda trials")
         ax.set_xscale("log")
         ax.set_xlabel("remaining encoder weights (%), counted on the exported model")
         ax.set_ylabel(f"{main} (%)")
@@ -591,20 +616,21 @@ def report(rows, trials, out, command, device):
     header = (f"<!-- written by benchmarks/reproduce.py; do not edit -->\n"
               f"Command: `{command}`  \nDevice: {device}\n\n")
     (out / "results.md").write_text(header + markdown_table(rows))
-    plot(rows, out / "figure2.png", title=f"mvp_jax reproduce.py - {device}")
+    plot(rows, out / "figure2.png", title=f"mvp_jax benchmarks/reproduce.py - {device}",
+         trials=trials)
 
 
 def main(argv=None):
     args = resolve_args(argv)
     sys.path.insert(0, str(ROOT))
     command = "python benchmarks/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    if args.report_only:
-        all_rows = existing_trials(args)
-        rows = select_from_runs(args, all_rows)
-        trials = [r for r in all_rows if r["method"] in LAMBDA_METHODS]
-    else:
+    if not args.report_only:
         log(f"settings: {vars(args)}")
-        rows, trials = experiment(args, Runner(args))
+        experiment(args, Runner(args))
+    # the table is made from the finished runs on disk (all of --runs-dir for --tasks)
+    all_rows = existing_trials(args)
+    rows = select_from_runs(args, all_rows)
+    trials = [r for r in all_rows if r["method"] in LAMBDA_METHODS]
     report(rows, trials, args.out, command, device_line())
     log(f"wrote {args.out}/results.csv, results.md, lambda_trials.csv, figure2.png "
         f"({len(rows)} rows)")

@@ -77,13 +77,17 @@ def test_tables_and_plot_from_fake_runs(rp, tmp_path):
     fake_run(rp, runs, "sst2", "topk", True, 0.1, 1, 0.1, 0.80)
     fake_run(rp, runs, "sst2", "sigmoied_threshold", False, 0.5, 1, 0.45, 0.82, lam=10.0)
     fake_run(rp, runs, "sst2", "sigmoied_threshold", False, 0.5, 1, 0.12, 0.78, lam=100.0)
+    # L0: the 0.2 run is closest to both targets; it goes to 0.1 (closer), 0.5 gets the other
+    fake_run(rp, runs, "sst2", "l0", False, 0.5, 1, 0.2, 0.75, lam=1.0)
+    fake_run(rp, runs, "sst2", "l0", False, 0.1, 1, 0.01, 0.5, lam=3.0)
+    fake_run(rp, runs, "sst2", "l0", True, 0.1, 1, 0.05, 0.6, lam=2.0)
     fake_run(rp, runs, "squad_dev_split", "none", False, None, 1, 1.0, 0.30)
     fake_run(rp, runs, "squad_dev_split", "topk", False, 0.1, 1, 0.1, 0.12)
 
     args = rp.resolve_args(["--tasks", "sst2,squad_dev_split", "--runs-dir", str(runs),
                             "--out", str(tmp_path / "out"), "--report-only"])
     all_rows = rp.existing_trials(args)
-    assert len(all_rows) == 8
+    assert len(all_rows) == 11
     by_run = {r["run"]: r for r in all_rows}
     # counted on the export: 2 matrices of 128, LayerNorm / bias / embeddings excluded
     assert by_run["magnitude_nokd_t0.1_s1"]["remaining"] == 2 * 13
@@ -94,17 +98,20 @@ def test_tables_and_plot_from_fake_runs(rp, tmp_path):
     rows = rp.select_from_runs(args, all_rows)
     soft = [r for r in rows if r["method"] == "sigmoied_threshold"]
     assert len(soft) == 1 and soft[0]["lambda"] == 10.0  # 0.45 is closer to 0.5 than 0.12
+    l0 = {(r["distill"], r["target"]): r["lambda"] for r in rows if r["method"] == "l0"}
+    assert l0 == {("no", 0.1): 1.0, ("no", 0.5): 3.0, ("yes", 0.1): 2.0}
 
     trials = [r for r in all_rows if r["method"] in rp.LAMBDA_METHODS]
     rp.report(rows, trials, tmp_path / "out", "python benchmarks/reproduce.py --report-only",
               "CPU (test), 2 cores, 2026-01-01")
     out = tmp_path / "out"
     csv_rows = rp.read_csv(out / "results.csv")
-    assert len(csv_rows) == len(rows) == 7
-    assert {r["method"] for r in csv_rows} == {"none", "magnitude", "topk", "sigmoied_threshold"}
+    assert len(csv_rows) == len(rows) == 10
+    assert {r["method"] for r in csv_rows} == {"none", "magnitude", "topk", "sigmoied_threshold",
+                                               "l0"}
     mag = [r for r in csv_rows if r["run"] == "magnitude_nokd_t0.1_s1"][0]
     assert math.isclose(mag["remaining_weights"], 26 / 256) and mag["accuracy"] == 0.70
-    assert len(rp.read_csv(out / "lambda_trials.csv")) == 2
+    assert len(rp.read_csv(out / "lambda_trials.csv")) == 5
     md = (out / "results.md").read_text()
     assert "CPU (test), 2 cores" in md and "SQuAD-dev split" in md
     assert "| magnitude | no | 10.0 | 10.16 | 70.0 | -15.0 |" in md
