@@ -1,5 +1,10 @@
 """Orbax checkpoints of the TrainState: save every N steps and at the end, keep the last K,
-restore the latest. The step lives inside the state, never in a folder name."""
+restore the latest. The step lives inside the state, never in a folder name.
+
+Sharded and multi-host: every process calls ``save``/``restore`` (orbax writes each array's
+shards from the processes that hold them, process 0 the metadata); ``restore`` reads into the
+shardings of the template, so a checkpoint written on one mesh (or by several processes)
+resumes on another."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ class CheckpointManager:
         self._mngr = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True),
+            item_handlers=ocp.StandardCheckpointHandler(),
         )
 
     def latest_step(self) -> int | None:
@@ -38,10 +44,22 @@ class CheckpointManager:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct,
-                                        flax.serialization.to_state_dict(template))
+        template_dict = flax.serialization.to_state_dict(template)
+        target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template_dict)
+        # TrainState fields added after a checkpoint was written keep the template's value
+        saved = self._saved_fields(step)
+        missing = {k: v for k, v in template_dict.items() if saved and k not in saved}
+        target = {k: v for k, v in target.items() if k not in missing}
         restored = self._mngr.restore(step, args=ocp.args.StandardRestore(target))
-        return flax.serialization.from_state_dict(template, restored)
+        return flax.serialization.from_state_dict(template, {**restored, **missing})
+
+    def _saved_fields(self, step: int):
+        try:
+            meta = self._mngr.item_metadata(step)
+        except Exception:  # noqa: BLE001 - no readable metadata: restore everything
+            return None
+        tree = getattr(meta, "tree", meta)
+        return set(tree) if isinstance(tree, dict) else None
 
     def close(self) -> None:
         self._mngr.close()

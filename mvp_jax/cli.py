@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue the run in DIR from its latest checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace the run in DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--stop-at-step", type=int, metavar="N",
+                   help="stop after step N with a checkpoint (continue later with --resume)")
 
     p = sub.add_parser("evaluate", help="evaluate a model directory or a run on a task",
                        description="Evaluate a Hugging Face model directory (e.g. RUN/export) or a run "
@@ -80,7 +82,7 @@ def cmd_fine_prune(args) -> int:
 
     cfg = load_config(args.config or None, args.overrides)
     results = fine_prune(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, stop_at_step=args.stop_at_step)
     print(json.dumps(results, indent=2, default=float))
     return 0
 

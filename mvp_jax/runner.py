@@ -10,6 +10,13 @@ A run directory holds::
     counts.json         remaining weights per prunable matrix and in total
     eval_results.json   final metrics and remaining weights -- written last: its presence
                         means the run is complete
+
+The run uses every device on a ``("data", "model")`` mesh (``cfg.mesh``, see ``mvp_jax.sharding``):
+the state is placed in the layout of the partition rules, every batch is split on ``"data"``.
+Started as several processes (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+``JAX_PROCESS_ID``, or ``MVP_JAX_DISTRIBUTED=1`` under a launcher), each process feeds only its
+rows of every batch, all of them take part in checkpoints (orbax), and only process 0 writes
+config.yaml, metrics.jsonl, tb/, export/, counts.json and eval_results.json.
 """
 
 from __future__ import annotations
@@ -29,10 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvp_jax import masking
+from mvp_jax import sharding as shd
 from mvp_jax.checkpoint import CheckpointManager
 from mvp_jax.optim import make_optimizer
-from mvp_jax.train import (LEARNED, Distill, Pruning, evaluate_splits, init_state, make_eval_step,
-                           make_train_step)
+from mvp_jax.train import (LEARNED, Distill, Pruning, evaluate_splits, init_state, jit_eval_step,
+                           jit_train_step, make_eval_step, make_train_step)
 
 RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "eval_results.json")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -108,7 +116,8 @@ def pruning_of(cfg, total_steps: int) -> Pruning:
         initial_warmup=p.initial_warmup, final_warmup=p.final_warmup,
         warmup_steps=int(cfg.train.warmup_steps), total_steps=int(total_steps),
         regularization=p.regularization, final_lambda=float(p.final_lambda),
-        patterns=tuple(p.patterns) if p.patterns else masking.DEFAULT_PRUNABLE)
+        patterns=tuple(p.patterns) if p.patterns else masking.DEFAULT_PRUNABLE,
+        global_topk_frequency=int(p.global_topk_frequency))
 
 
 def load_setup(cfg) -> Setup:
@@ -188,6 +197,19 @@ def final_masked_params(params, scores, pruning: Pruning):
     return masking.multiply_masks(params, pruning.final_masks(params, scores))
 
 
+def make_run_mesh(cfg):
+    """The run's device mesh from ``cfg.mesh``; checks that ``"data"`` divides the batch."""
+    try:
+        mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.model)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    data = mesh.shape["data"]
+    if cfg.train.batch_size % data:
+        raise RunError(f"train.batch_size={cfg.train.batch_size} is not a multiple of the mesh's "
+                       f"data axis ({data}); each data-parallel device needs the same share")
+    return mesh
+
+
 def fine_prune(cfg, output_dir: str, *, resume: bool = False, overwrite: bool = False,
                progress: bool = True, stop_at_step: int | None = None) -> dict:
     """Fine-prune ``cfg.model.name`` on ``cfg.task.name``; returns the final eval results.
@@ -196,14 +218,20 @@ def fine_prune(cfg, output_dir: str, *, resume: bool = False, overwrite: bool = 
     """
     from mvp_jax.config import save_config
 
+    shd.initialize_distributed()
+    primary = shd.is_primary()
     resuming = prepare_output_dir(output_dir, resume=resume, overwrite=overwrite)
     setup = load_setup(cfg)
-    if overwrite and os.path.isdir(output_dir):
-        shutil.rmtree(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+    mesh = make_run_mesh(cfg)
     if resuming:
         _check_same_config(cfg, output_dir)
-    save_config(cfg, os.path.join(output_dir, "config.yaml"))
+    shd.sync("mvp_jax:checked")  # every process has checked the directory before any write
+    if primary:
+        if overwrite and os.path.isdir(output_dir):
+            shutil.rmtree(output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+        save_config(cfg, os.path.join(output_dir, "config.yaml"))
+    shd.sync("mvp_jax:output_dir")
 
     t = cfg.train
     pruning = setup.pruning
@@ -217,6 +245,7 @@ def fine_prune(cfg, output_dir: str, *, resume: bool = False, overwrite: bool = 
         max_grad_norm=t.max_grad_norm, adam_epsilon=t.adam_epsilon,
         freeze_embeddings=t.freeze_embeddings)
     state = init_state(setup.params, scores, optimizer, t.seed)
+    state = shd.place(state, shd.tree_shardings(state, mesh))
     ckpt = CheckpointManager(os.path.join(output_dir, "checkpoints"), keep=t.keep_checkpoints)
     if resuming and ckpt.latest_step() is not None:
         state = ckpt.restore(state)
@@ -224,16 +253,48 @@ def fine_prune(cfg, output_dir: str, *, resume: bool = False, overwrite: bool = 
     distill = Distill(cfg.distill.alpha_ce, cfg.distill.alpha_distil, cfg.distill.temperature)
     teacher_module = setup.teacher.module if setup.teacher else None
     teacher_params = setup.teacher.params if setup.teacher else None
-    train_step = jax.jit(make_train_step(setup.module, setup.task.spec.kind, pruning, optimizer,
-                                         teacher=teacher_module, distill=distill),
-                         donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(setup.module, pruning))
+    if teacher_params is not None:
+        teacher_params = shd.place(teacher_params, shd.tree_shardings(teacher_params, mesh))
     eval_bs = t.eval_batch_size or t.batch_size
-
-    results = _loop(setup, state, train_step, eval_step, teacher_params, ckpt, output_dir,
-                    progress=progress, stop_at_step=stop_at_step, eval_batch_size=eval_bs)
-    ckpt.close()
+    train_step = jit_train_step(
+        make_train_step(setup.module, setup.task.spec.kind, pruning, optimizer,
+                        teacher=teacher_module, distill=distill),
+        mesh, state, t.batch_size, teacher_params)
+    eval_step = jit_eval_step(make_eval_step(setup.module, pruning), mesh, state.params,
+                              state.scores, eval_bs)
+    run = _Run(setup, mesh, train_step, eval_step, teacher_params, ckpt, output_dir, eval_bs,
+               primary)
+    try:
+        results = _loop(run, state, progress=progress, stop_at_step=stop_at_step)
+    finally:
+        ckpt.close()
+    shd.sync("mvp_jax:done")  # eval_results.json exists when any process returns
     return results
+
+
+@dataclass
+class _Run:
+    setup: Setup
+    mesh: Any
+    train_step: Any
+    eval_step: Any
+    teacher_params: Any
+    ckpt: CheckpointManager
+    output_dir: str
+    eval_batch_size: int
+    primary: bool
+
+    def put_train(self, batch):
+        t = self.setup.cfg.train
+        return shd.put_batch(batch, shd.batch_sharding(self.mesh, t.batch_size, micro=True))
+
+    def put_eval(self, batch):
+        return shd.put_batch(batch, shd.batch_sharding(self.mesh, self.eval_batch_size,
+                                                       micro=False))
+
+    def evaluate(self, state):
+        return evaluate_splits(self.eval_step, state.params, state.scores, self.setup.task,
+                               self.eval_batch_size, put=self.put_eval)
 
 
 def _check_same_config(cfg, output_dir: str) -> None:
@@ -243,7 +304,9 @@ def _check_same_config(cfg, output_dir: str) -> None:
     if not os.path.exists(saved_path):
         return
     saved, now = config_to_dict(load_config(saved_path)), config_to_dict(cfg)
-    diff = [f"{s}.{k}" for s in now for k in now[s] if saved.get(s, {}).get(k) != now[s][k]]
+    # the mesh may change on resume (another machine, more devices): checkpoints are resharded
+    diff = [f"{s}.{k}" for s in now if s != "mesh" for k in now[s]
+            if saved.get(s, {}).get(k) != now[s][k]]
     if diff:
         raise RunError(f"--resume with a different configuration ({', '.join(diff)}); "
                        "resume with the run's own config.yaml")
@@ -263,27 +326,30 @@ def _batch_iterator(setup: Setup, start_step: int):
         epoch, pos = epoch + 1, 0
 
 
-def _loop(setup, state, train_step, eval_step, teacher_params, ckpt, output_dir, *, progress,
-          stop_at_step, eval_batch_size) -> dict:
+def _loop(run: _Run, state, *, progress, stop_at_step) -> dict:
     from tqdm.auto import tqdm
 
-    try:
-        from tensorboardX import SummaryWriter
-        writer = SummaryWriter(os.path.join(output_dir, "tb"))
-    except ImportError:  # pragma: no cover - tensorboardX is a dependency
-        writer = None
+    setup, ckpt, output_dir = run.setup, run.ckpt, run.output_dir
+    writer = None
+    if run.primary:
+        try:
+            from tensorboardX import SummaryWriter
+            writer = SummaryWriter(os.path.join(output_dir, "tb"))
+        except ImportError:  # pragma: no cover - tensorboardX is a dependency
+            writer = None
     t = setup.cfg.train
     start = int(jax.device_get(state.step))
     end = setup.total_steps if stop_at_step is None else min(stop_at_step, setup.total_steps)
-    bar = tqdm(total=setup.total_steps, initial=start, disable=not progress, unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(total=setup.total_steps, initial=start, disable=not (progress and run.primary),
+               unit="step", dynamic_ncols=True)
     batches = _batch_iterator(setup, start)
     examples, tic = 0.0, time.perf_counter()
-    with open(os.path.join(output_dir, "metrics.jsonl"), "a") as fh, _Signals() as sig:
+    log_path = os.path.join(output_dir, "metrics.jsonl") if run.primary else os.devnull
+    with open(log_path, "a") as fh, _Signals() as sig:
         for step in range(start, end):
             batch = next(batches)
-            state, metrics = train_step(state, batch, teacher_params)
             examples += float(batch["example_weight"].sum())
+            state, metrics = run.train_step(state, run.put_train(batch), run.teacher_params)
             done = step + 1
             if done % max(t.log_every, 1) == 0 or done == end:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -296,8 +362,7 @@ def _loop(setup, state, train_step, eval_step, teacher_params, ckpt, output_dir,
                                 ex_s=f"{m['examples_per_s']:.0f}")
             bar.update(1)
             if t.eval_every and done % t.eval_every == 0 and done != setup.total_steps:
-                evals = evaluate_splits(eval_step, state.params, state.scores, setup.task,
-                                        eval_batch_size)
+                evals = run.evaluate(state)
                 _log(fh, writer, {"step": done, **_flatten_metrics("eval", evals)})
             if t.save_every and done % t.save_every == 0:
                 ckpt.save(state)
@@ -309,25 +374,20 @@ def _loop(setup, state, train_step, eval_step, teacher_params, ckpt, output_dir,
         ckpt.save(state)
         if int(jax.device_get(state.step)) < setup.total_steps:
             return {"step": int(jax.device_get(state.step)), "complete": False}
-        return _finish(setup, state, eval_step, output_dir, fh, writer, eval_batch_size)
+        return _finish(run, state, fh, writer)
 
 
-def _finish(setup, state, eval_step, output_dir, fh, writer, eval_batch_size) -> dict:
-    """Final evaluation, export, counts; ``eval_results.json`` last."""
+def _finish(run: _Run, state, fh, writer) -> dict:
+    """Final evaluation, export, counts; ``eval_results.json`` last (files: process 0 only)."""
     from mvp_jax.export import count_remaining, export_hf
 
-    evals = evaluate_splits(eval_step, state.params, state.scores, setup.task, eval_batch_size)
-    masked = jax.device_get(final_masked_params(state.params, state.scores, setup.pruning))
+    setup, output_dir = run.setup, run.output_dir
+    evals = run.evaluate(state)
+    masked_fn = jax.jit(lambda p, s: final_masked_params(p, s, setup.pruning),
+                        out_shardings=shd.replicated(run.mesh))  # whole on every process
+    masked = jax.device_get(masked_fn(state.params, state.scores))
     counts = count_remaining(masked, setup.pruning.patterns)
-    export_dir = os.path.join(output_dir, "export")
-    if os.path.isdir(export_dir):
-        shutil.rmtree(export_dir)
-    export_hf(export_dir, masked, setup.model_config, setup.head, tokenizer_path=setup.model_path,
-              num_labels=setup.task.spec.num_labels)
-    write_json(os.path.join(output_dir, "counts.json"), counts)
     step = int(jax.device_get(state.step))
-    _log(fh, writer, {"step": step, **_flatten_metrics("eval", evals),
-                      "eval/remaining_weights": counts["fraction"]})
     spec = setup.task.spec
     results = {
         "task": spec.name, "method": setup.pruning.method, "step": step,
@@ -335,5 +395,15 @@ def _finish(setup, state, eval_step, output_dir, fh, writer, eval_batch_size) ->
         "remaining": counts["remaining"], "prunable": counts["total"],
         "main_metric": spec.main_metric, "metrics": evals,
     }
+    if not run.primary:
+        return results
+    export_dir = os.path.join(output_dir, "export")
+    if os.path.isdir(export_dir):
+        shutil.rmtree(export_dir)
+    export_hf(export_dir, masked, setup.model_config, setup.head, tokenizer_path=setup.model_path,
+              num_labels=setup.task.spec.num_labels)
+    write_json(os.path.join(output_dir, "counts.json"), counts)
+    _log(fh, writer, {"step": step, **_flatten_metrics("eval", evals),
+                      "eval/remaining_weights": counts["fraction"]})
     write_json(os.path.join(output_dir, "eval_results.json"), results)
     return results

@@ -10,6 +10,21 @@ One step, as data (DESIGN.md)::
 
 Gradient accumulation runs ``accum`` micro-batches through a ``lax.scan`` inside the same step,
 so ``state.step`` counts optimizer updates and the schedules see the same clock as the reference.
+Masks that do not depend on the micro-batch (magnitude, topk, sigmoied_threshold) are computed
+once per step, before the scan, and enter each micro-batch through the straight-through
+estimator; only L0 draws a fresh hard-concrete mask per micro-batch.
+
+Global Top-v with ``global_topk_frequency = N > 1`` (the reference recomputes every 25 steps):
+on steps ``step % N == 0`` the exact k-th largest value ``c`` of all selected scores is computed
+(bisection, counts only) and kept in ``TrainState.topk_value``; on every step the mask is
+``S >= c`` (``|W| >= c`` for magnitude). So the kept count is ``int(v * size)`` at recompute steps
+up to entries tied with ``c`` (all kept; no exact-count tie breaking), and drifts with the scores
+in between while ``v`` follows its schedule only at recompute steps. With ``N = 1`` the masks are
+the exact-count Top-v of ``masking`` on every step. Evaluation and export always use the exact
+final Top-v.
+
+``jit_train_step`` / ``jit_eval_step`` compile the steps for a device mesh (``mvp_jax.sharding``):
+state in the layout of the partition rules, batches split on ``"data"``, the state donated.
 """
 
 from __future__ import annotations
@@ -24,7 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from flax import traverse_util
+
 from mvp_jax import masking, regularizers
+from mvp_jax import sharding as shd
 from mvp_jax.distill import distillation_loss
 from mvp_jax.optim import Optimizer
 from mvp_jax.schedules import regularization_lambda, threshold_schedule
@@ -42,6 +60,7 @@ class TrainState:
     scores: PyTree  # {} for methods without learned scores
     opt_state: PyTree
     rng: jax.Array
+    topk_value: jax.Array  # cached global Top-v value (global_topk_frequency > 1), float32
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,13 @@ class Pruning:
     regularization: str | None = None
     final_lambda: float = 0.0
     patterns: tuple[str, ...] = masking.DEFAULT_PRUNABLE
+    global_topk_frequency: int = 1
+
+    @property
+    def cached_topk(self) -> bool:
+        """Global Top-v from a value kept in the state, recomputed every N steps."""
+        return (self.global_topk and self.global_topk_frequency > 1
+                and self.method in ("topk", "magnitude"))
 
     def threshold(self, step):
         return threshold_schedule(
@@ -78,6 +104,30 @@ class Pruning:
             params, scores if self.method in LEARNED else None, method=self.method,
             threshold=threshold, rng=rng, train=train, global_topk=self.global_topk,
             patterns=self.patterns)
+
+    def selected(self, params, scores) -> dict[str, jax.Array]:
+        """What Top-v ranks, per prunable path: the scores (topk) or ``|W|`` (magnitude)."""
+        paths = masking.prunable_paths(params, self.patterns)
+        if self.method == "magnitude":
+            flat = traverse_util.flatten_dict(_unfreeze(params), sep="/")
+            return {p: jnp.abs(jax.lax.stop_gradient(flat[p])) for p in paths}
+        flat = traverse_util.flatten_dict(_unfreeze(scores), sep="/")
+        return {p: flat[p] for p in paths}
+
+    def cached_masks(self, params, scores, threshold, step, cached):
+        """``(masks, value)``: masks ``selected >= value``, the value recomputed exactly (k-th
+        largest) when ``step % global_topk_frequency == 0``, else ``cached``."""
+        sel = self.selected(params, scores)
+        size = sum(v.size for v in sel.values())
+
+        def recompute():
+            k = jnp.maximum(masking._keep_count(threshold, size), 1)
+            return masking.kth_largest(jax.lax.stop_gradient(sel), k)
+
+        value = jax.lax.cond(step % self.global_topk_frequency == 0, recompute,
+                             lambda: jnp.asarray(cached, jnp.float32))
+        masks = {p: jax.lax.stop_gradient((v >= value).astype(v.dtype)) for p, v in sel.items()}
+        return masks, value
 
     def final_masks(self, params, scores) -> dict[str, jax.Array]:
         """Deterministic masks at the final threshold (Python float: exact Top-v counts)."""
@@ -119,6 +169,19 @@ def model_inputs(batch):
 # ----------------------------------------------------------------------------------------------
 
 
+def _mask_value(scores, mask):
+    return mask
+
+
+def _straight_through_to(scores, mask):
+    """``mask`` forward; the cotangent of the mask goes to ``scores`` unchanged (Eq. 2)."""
+    return masking.straight_through(_mask_value, scores, mask)
+
+
+def _unfreeze(tree):
+    return tree.unfreeze() if hasattr(tree, "unfreeze") else tree
+
+
 def make_train_step(module, kind: str, pruning: Pruning, optimizer: Optimizer, *,
                     teacher=None, distill: Distill | None = None) -> Callable:
     """``train_step(state, batch, teacher_params) -> (state, metrics)``, pure and jit-able.
@@ -127,11 +190,19 @@ def make_train_step(module, kind: str, pruning: Pruning, optimizer: Optimizer, *
     weighted mean over every real example of the step (``example_weight`` 0 marks padding).
     """
     reg_fn = regularizers.regularizer(pruning.regularization) if pruning.regularization else None
+    per_micro_masks = pruning.method == "l0"  # a fresh hard-concrete sample per micro-batch
+    learned = pruning.method in LEARNED
 
-    def micro_loss(tree, micro, threshold, rng, denom, teacher_params):
+    def micro_loss(tree, micro, threshold, rng, denom, teacher_params, step_masks):
         params, scores = tree["params"], tree["scores"]
         mask_rng, dropout_rng = jax.random.split(rng)
-        masks = pruning.masks(params, scores, threshold, mask_rng, train=True)
+        if per_micro_masks:
+            masks = pruning.masks(params, scores, threshold, mask_rng, train=True)
+        elif learned:
+            flat_scores = traverse_util.flatten_dict(_unfreeze(scores), sep="/")
+            masks = {p: _straight_through_to(flat_scores[p], m) for p, m in step_masks.items()}
+        else:
+            masks = step_masks
         outputs = module.apply({"params": masking.multiply_masks(params, masks)}, *model_inputs(micro),
                                deterministic=False, rngs={"dropout": dropout_rng})
         w = micro["example_weight"]
@@ -142,7 +213,20 @@ def make_train_step(module, kind: str, pruning: Pruning, optimizer: Optimizer, *
             t_out = jax.lax.stop_gradient(t_out)
             distil = jnp.sum(distillation_loss(kind, outputs, t_out, distill.temperature) * w) / denom
             loss = distill.alpha_ce * task + distill.alpha_distil * distil
-        return loss, (task, distil, masking.remaining_fraction(masks))
+        remaining = masking.remaining_fraction(masks) if per_micro_masks else jnp.float32(0.0)
+        return loss, (task, distil, remaining)
+
+    def step_masks_of(state: TrainState, threshold):
+        """Masks shared by every micro-batch of the step (no gradient: the straight-through
+        estimator is applied per micro-batch) and the new cached Top-v value."""
+        if per_micro_masks or pruning.method == "none":
+            return {}, state.topk_value
+        if pruning.cached_topk:
+            return pruning.cached_masks(state.params, state.scores, threshold, state.step,
+                                        state.topk_value)
+        masks = pruning.masks(jax.lax.stop_gradient(state.params),
+                              jax.lax.stop_gradient(state.scores), threshold, train=True)
+        return masks, state.topk_value
 
     def train_step(state: TrainState, batch, teacher_params=None):
         threshold = pruning.threshold(state.step)
@@ -152,18 +236,21 @@ def make_train_step(module, kind: str, pruning: Pruning, optimizer: Optimizer, *
         rng, step_rng = jax.random.split(state.rng)
         accum = batch["input_ids"].shape[0]
         grad_fn = jax.grad(micro_loss, has_aux=True)
+        step_masks, topk_value = step_masks_of(state, threshold)
 
         def body(carry, xs):
             grads, stats = carry
             micro, key = xs
-            g, (task, distil, remaining) = grad_fn(tree, micro, threshold, key, denom, teacher_params)
+            g, (task, distil, remaining) = grad_fn(tree, micro, threshold, key, denom,
+                                                   teacher_params, step_masks)
             loss_parts = jnp.stack([task, distil, remaining / accum])
             return (jax.tree_util.tree_map(jnp.add, grads, g), stats + loss_parts), None
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, tree)
         (grads, stats), _ = jax.lax.scan(
             body, (zeros, jnp.zeros(3, jnp.float32)), (batch, jax.random.split(step_rng, accum)))
-        task, distil, remaining = stats[0], stats[1], stats[2]
+        task, distil = stats[0], stats[1]
+        remaining = stats[2] if per_micro_masks else masking.remaining_fraction(step_masks)
         loss = task if teacher is None else distill.alpha_ce * task + distill.alpha_distil * distil
         reg = jnp.float32(0.0)
         if reg_fn is not None:
@@ -179,7 +266,7 @@ def make_train_step(module, kind: str, pruning: Pruning, optimizer: Optimizer, *
         if teacher is not None:
             metrics["distil_loss"] = distil
         state = state.replace(step=state.step + 1, params=new["params"], scores=new["scores"],
-                              opt_state=opt_state, rng=rng)
+                              opt_state=opt_state, rng=rng, topk_value=topk_value)
         return state, metrics
 
     return train_step
@@ -200,7 +287,38 @@ def make_eval_step(module, pruning: Pruning) -> Callable:
 def init_state(params, scores, optimizer: Optimizer, seed: int) -> TrainState:
     tree = {"params": params, "scores": scores}
     return TrainState(step=jnp.int32(0), params=params, scores=scores,
-                      opt_state=optimizer.tx.init(tree), rng=jax.random.PRNGKey(seed))
+                      opt_state=optimizer.tx.init(tree), rng=jax.random.PRNGKey(seed),
+                      topk_value=jnp.float32(0.0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Compilation for a device mesh
+# ----------------------------------------------------------------------------------------------
+
+
+def jit_train_step(train_step: Callable, mesh, state: TrainState, batch_size: int,
+                   teacher_params=None, compiler_options: dict | None = None) -> Callable:
+    """``train_step`` compiled for ``mesh``: the state (donated) and the teacher in the layout of
+    ``sharding.PARTITION_RULES``, batches ``[accum, B, ...]`` split on ``"data"`` along B,
+    metrics replicated. ``state``/``teacher_params`` only give the structure (arrays or
+    ``jax.ShapeDtypeStruct``s); ``compiler_options`` go to ``jax.jit`` (XLA debug options)."""
+    state_sh = shd.tree_shardings(state, mesh)
+    teacher_sh = None if teacher_params is None else shd.tree_shardings(teacher_params, mesh)
+    return jax.jit(train_step,
+                   in_shardings=(state_sh, shd.batch_sharding(mesh, batch_size, micro=True),
+                                 teacher_sh),
+                   out_shardings=(state_sh, shd.replicated(mesh)), donate_argnums=0,
+                   compiler_options=compiler_options)
+
+
+def jit_eval_step(eval_step: Callable, mesh, params, scores, batch_size: int,
+                  compiler_options: dict | None = None) -> Callable:
+    """``eval_step`` compiled for ``mesh``: batches ``[B, ...]`` split on ``"data"``, outputs
+    replicated (readable on every process)."""
+    return jax.jit(eval_step,
+                   in_shardings=(shd.tree_shardings(params, mesh), shd.tree_shardings(scores, mesh),
+                                 shd.batch_sharding(mesh, batch_size, micro=False)),
+                   out_shardings=shd.replicated(mesh), compiler_options=compiler_options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,8 +326,10 @@ def init_state(params, scores, optimizer: Optimizer, seed: int) -> TrainState:
 # ----------------------------------------------------------------------------------------------
 
 
-def predict(eval_step, params, scores, features: dict[str, np.ndarray], batch_size: int):
-    """Model outputs for every row of ``features`` (padding of the last batch dropped)."""
+def predict(eval_step, params, scores, features: dict[str, np.ndarray], batch_size: int,
+            put: Callable | None = None):
+    """Model outputs for every row of ``features`` (padding of the last batch dropped).
+    ``put`` places each host batch on the devices (default: passed as is)."""
     from mvp_jax.data import batches
 
     inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
@@ -217,18 +337,21 @@ def predict(eval_step, params, scores, features: dict[str, np.ndarray], batch_si
     chunks = []
     for batch in batches(inputs, batch_size, shuffle=False):
         batch.pop("example_weight")
+        if put is not None:
+            batch = put(batch)
         chunks.append(jax.device_get(eval_step(params, scores, batch)))
     if isinstance(chunks[0], tuple):
         return tuple(np.concatenate([c[i] for c in chunks])[:n] for i in range(len(chunks[0])))
     return np.concatenate(chunks)[:n]
 
 
-def evaluate_splits(eval_step, params, scores, task_data, batch_size: int) -> dict[str, dict]:
+def evaluate_splits(eval_step, params, scores, task_data, batch_size: int,
+                    put: Callable | None = None) -> dict[str, dict]:
     """``{split: metrics}`` for every evaluation split of the task."""
     from mvp_jax.data import evaluate
 
     return {
         name: evaluate(task_data.spec, eval_set,
-                       predict(eval_step, params, scores, eval_set.features, batch_size))
+                       predict(eval_step, params, scores, eval_set.features, batch_size, put))
         for name, eval_set in task_data.evals.items()
     }
