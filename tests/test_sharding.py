@@ -321,3 +321,30 @@ def test_global_topk_step_gathers_no_score_matrix(mesh_shape, frequency):
                        compiler_options=FAST)
     hlo = masks_fn.lower(placed).compile().as_text()
     assert all_gather_shapes(hlo) == [] and "all-reduce" in hlo
+
+
+# ----------------------------------------------------------------------------------------------
+# k-th value: every radix gives the exact value, sharded or not
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_kth_key_every_radix_is_exact_and_sharded(bits):
+    rng = np.random.default_rng(bits)
+    leaves = [np.round(rng.normal(size=(32, 64)), 1).astype(np.float32),  # many ties
+              rng.normal(size=(64, 32)).astype(np.float32) * 1e-30,  # tiny magnitudes
+              np.concatenate([np.full(40, -0.0), np.full(40, 0.0), -np.inf * np.ones(8),
+                              np.inf * np.ones(8), rng.normal(size=32)]).astype(np.float32)
+              .reshape(16, 8)]
+    bits_ = np.concatenate([x.ravel() for x in leaves]).view(np.uint32)
+    order = np.where(bits_ & 0x80000000, ~bits_, bits_ | 0x80000000)  # -0 < +0, as documented
+    flat = np.concatenate([x.ravel() for x in leaves])[np.argsort(order, kind="stable")]
+    mesh = mesh_of((2, 4))
+    placed = [jax.device_put(x, jax.sharding.NamedSharding(mesh, P("data", "model")))
+              for x in leaves]
+    hlo = jax.jit(lambda xs: masking._kth_key(xs, 5, bits=bits)).lower(placed).compile().as_text()
+    assert all_gather_shapes(hlo) == [] and "all-reduce" in hlo  # counts only
+    for k in (1, 2, 77, 1000, 2048, flat.size - 1, flat.size):
+        key = masking._kth_key(placed, k, bits=bits)
+        got = np.asarray(masking._from_order_key(key))
+        assert got.view(np.uint32) == flat[-k].view(np.uint32), (k, got, flat[-k])
