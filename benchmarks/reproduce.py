@@ -311,7 +311,9 @@ def read_run(d: Path) -> dict:
            "max_seq_length": cfg["task"]["max_seq_length"], "lambda": lam,
            "wall_s": float(wall.read_text()) if wall.exists() else None, "run": d.name}
     for k in TASK_METRICS[task]:
-        row[k] = float(metrics[k])
+        # fractions everywhere: the SQuAD metrics come in percent (0-100, as the official
+        # script), GLUE accuracy as a fraction
+        row[k] = float(metrics[k]) / (100.0 if task.startswith("squad") else 1.0)
     return row
 
 

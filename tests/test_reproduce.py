@@ -46,7 +46,8 @@ def fake_run(rp, root, task, method, distill, target, seed, keep, metric, lam=No
     }
     save_file(tensors, str(d / "export" / "model.safetensors"))
     remaining = 2 * n_keep + (1 if lie else 0)
-    metrics = {"accuracy": metric} if task == "sst2" else {"exact_match": metric - 0.1, "f1": metric}
+    metrics = ({"accuracy": metric} if task == "sst2"  # SQuAD metrics are in percent
+               else {"exact_match": 100 * (metric - 0.1), "f1": 100 * metric})
     (d / "eval_results.json").write_text(json.dumps({
         "task": task, "method": method, "step": 5, "remaining_weights": remaining / 256,
         "remaining": remaining, "prunable": 256, "main_metric": rp.MAIN_METRIC[task],
@@ -112,6 +113,8 @@ def test_tables_and_plot_from_fake_runs(rp, tmp_path):
     mag = [r for r in csv_rows if r["run"] == "magnitude_nokd_t0.1_s1"][0]
     assert math.isclose(mag["remaining_weights"], 26 / 256) and mag["accuracy"] == 0.70
     assert len(rp.read_csv(out / "lambda_trials.csv")) == 5
+    squad = [r for r in csv_rows if r["task"] == "squad_dev_split" and r["method"] == "none"][0]
+    assert squad["f1"] == pytest.approx(0.30) and squad["exact_match"] == pytest.approx(0.20)
     md = (out / "results.md").read_text()
     assert "CPU (test), 2 cores" in md and "SQuAD-dev split" in md
     assert "| magnitude | no | 10.0 | 10.16 | 70.0 | -15.0 |" in md
