@@ -383,9 +383,10 @@ def _finish(run: _Run, state, fh, writer) -> dict:
 
     setup, output_dir = run.setup, run.output_dir
     evals = run.evaluate(state)
-    masked_fn = jax.jit(lambda p, s: final_masked_params(p, s, setup.pruning),
-                        out_shardings=shd.replicated(run.mesh))  # whole on every process
-    masked = jax.device_get(masked_fn(state.params, state.scores))
+    masked = final_masked_params(state.params, state.scores, setup.pruning)
+    if jax.process_count() > 1:  # whole on every process (an identity: the bits are kept)
+        masked = jax.jit(lambda t: t, out_shardings=shd.replicated(run.mesh))(masked)
+    masked = jax.device_get(masked)
     counts = count_remaining(masked, setup.pruning.patterns)
     step = int(jax.device_get(state.step))
     spec = setup.task.spec
