@@ -56,7 +56,7 @@ class CheckpointManager:
     def _saved_fields(self, step: int):
         try:
             meta = self._mngr.item_metadata(step)
-        except Exception:  # noqa: BLE001 - no readable metadata: restore everything
+        except Exception:  # no readable metadata: restore every field
             return None
         tree = getattr(meta, "tree", meta)
         return set(tree) if isinstance(tree, dict) else None

@@ -33,7 +33,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mvp_jax import masking
 from mvp_jax import sharding as shd

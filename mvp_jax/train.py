@@ -29,8 +29,7 @@ state in the layout of the partition rules, batches split on ``"data"``, the sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import flax
@@ -38,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
 from flax import traverse_util
 
 from mvp_jax import masking, regularizers

@@ -9,7 +9,6 @@ Top-v must never gather a score matrix (checked on the compiled HLO).
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -92,7 +91,7 @@ def mesh_of(shape):
 
 def run_steps(name, mesh_shape, n_steps=1, **extra):
     """Masks at step 0, then ``n_steps`` train steps on ``mesh_shape``; host copies."""
-    module, pruning, state, step = setup(name, **extra)
+    _, pruning, state, step = setup(name, **extra)
     mesh = mesh_of(mesh_shape)
     state = sharding.place(state, sharding.tree_shardings(state, mesh))
     masks_fn = jax.jit(lambda s: pruning.masks(s.params, s.scores, 0.5, train=True),
@@ -135,7 +134,9 @@ def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
 
 def test_partition_rules_megatron_layout_and_fallback():
     mesh = mesh_of((2, 4))
-    spec = lambda path, shape: sharding.partition_spec(path, shape, mesh)  # noqa: E731
+    def spec(path, shape):
+        return sharding.partition_spec(path, shape, mesh)
+
     layer = "bert/encoder/layer/3"
     for name in ("query", "key", "value"):
         assert spec(f"{layer}/attention/self/{name}/kernel", (32, 32)) == P(None, "model")
@@ -299,7 +300,7 @@ def test_global_topk_step_gathers_no_score_matrix(mesh_shape, frequency):
     """The QA head (no pooler), 40 positions and 4 tokens: no other parameter has a score
     matrix's shape and activations are smaller than one, so all-gathers are listed and each
     must be smaller than any score matrix (a gathered embedding table would fail too)."""
-    module, pruning, state, step = setup("topk_global", head="qa", global_topk_frequency=frequency)
+    _, pruning, state, step = setup("topk_global", head="qa", global_topk_frequency=frequency)
     mesh = mesh_of(mesh_shape)
     placed = sharding.place(state, sharding.tree_shardings(state, mesh))
     batch = sharding.put_batch(make_batch(seq=4, qa=True),
