@@ -438,25 +438,18 @@ def existing_trials(args):
 
 def select_from_runs(args, all_rows):
     """The reported cells from all finished runs: hard-target methods as they are; for lambda
-    methods, per (task, method, distill, seed) each searched target gets a distinct trial,
-    assigned greedily by |log(remaining / target)| (closest pairs first), so no run is shown
-    twice; a target left without a trial gets no row."""
+    methods, per (task, method, distill, seed, target) the trial closest to the target in
+    |log(remaining / target)| among the trials run for that target (the run directory names
+    the target its lambda was searched for), so no run is shown twice. The other trials stay
+    in lambda_trials.csv and on the plot."""
     rows = [dict(r) for r in all_rows if r["method"] not in LAMBDA_METHODS]
     groups = {}
     for r in all_rows:
         if r["method"] in LAMBDA_METHODS:
-            groups.setdefault((r["task"], r["method"], r["distill"], r["seed"]), []).append(r)
-    for _, cands in sorted(groups.items(), key=lambda kv: str(kv[0])):
-        targets = sorted({r["target"] for r in cands})
-        pairs = sorted((abs(math.log(max(r["remaining_weights"], 1e-6) / t)), i, t)
-                       for i, r in enumerate(cands) for t in targets)
-        used_runs, used_targets = set(), set()
-        for _, i, t in pairs:
-            if i in used_runs or t in used_targets:
-                continue
-            used_runs.add(i)
-            used_targets.add(t)
-            rows.append({**cands[i], "target": t})
+            key = (r["task"], r["method"], r["distill"], r["seed"], r["target"])
+            groups.setdefault(key, []).append(r)
+    for key, cands in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        rows.append(dict(closest(cands, key[-1])))
     return rows
 
 
@@ -591,7 +584,7 @@ def plot(rows, path, title=None, trials=()):
         ax.set_ylabel(f"{main} (%)")
         ax.set_title(TASK_LABELS[task])
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best", framealpha=0.6)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
