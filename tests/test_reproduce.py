@@ -33,7 +33,7 @@ def fake_run(rp, root, task, method, distill, target, seed, keep, metric, lam=No
     (d / "export").mkdir(parents=True)
     rng = np.random.default_rng(0)
     w = rng.normal(size=(2, 8, 16)).astype(np.float32)
-    n_keep = int(round(keep * w[0].size))
+    n_keep = round(keep * w[0].size)
     for m in w:
         flat = m.reshape(-1)
         flat[n_keep:] = 0.0
@@ -110,10 +110,10 @@ def test_tables_and_plot_from_fake_runs(rp, tmp_path):
     assert len(csv_rows) == len(rows) == 10
     assert {r["method"] for r in csv_rows} == {"none", "magnitude", "topk", "sigmoied_threshold",
                                                "l0"}
-    mag = [r for r in csv_rows if r["run"] == "magnitude_nokd_t0.1_s1"][0]
+    mag = next(r for r in csv_rows if r["run"] == "magnitude_nokd_t0.1_s1")
     assert math.isclose(mag["remaining_weights"], 26 / 256) and mag["accuracy"] == 0.70
     assert len(rp.read_csv(out / "lambda_trials.csv")) == 5
-    squad = [r for r in csv_rows if r["task"] == "squad_dev_split" and r["method"] == "none"][0]
+    squad = next(r for r in csv_rows if r["task"] == "squad_dev_split" and r["method"] == "none")
     assert squad["f1"] == pytest.approx(0.30) and squad["exact_match"] == pytest.approx(0.20)
     md = (out / "results.md").read_text()
     assert "CPU (test), 2 cores" in md and "SQuAD-dev split" in md
