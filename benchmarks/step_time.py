@@ -12,7 +12,8 @@ For each model shape and sequence length, one compiled train step per variant (t
     l0                  hard-concrete L0 masks (a fresh sample per micro-batch)
 
 Reported: median and mean step time over ``--steps`` steps after compilation and warm-up
-(the mean includes topk-global-f25's recompute steps), the ratio to the dense step, examples/s,
+(the mean includes topk-global-f25's recompute steps), the ratio to the dense step (each
+variant's steps alternate with dense steps, and the ratio is against those), examples/s,
 the compiled step's memory (arguments + outputs - donated + temporaries, per device, from XLA's
 memory analysis) and, with ``--mfu`` (default on GPU/TPU), the model FLOP utilisation against a
 matmul peak measured here with a big ``jnp.dot`` in the compute dtype.
@@ -110,46 +111,80 @@ def synthetic_batch(config, batch: int, seq: int, seed: int = 0):
     }
 
 
-def bench_variant(module, params, config, variant: str, *, batch: int, seq: int, steps: int,
-                  warmup: int, mesh) -> dict:
-    kw = dict(initial_threshold=1.0, final_threshold=0.15, warmup_steps=0,
-              total_steps=TOTAL_STEPS)
-    kw.update(VARIANTS[variant])
-    pruning = Pruning(**kw)
-    scores = {}
-    if pruning.method in SCORE_INIT:
-        init, scale = SCORE_INIT[pruning.method]
-        scores = masking.init_scores(params, init, scale, rng=jax.random.PRNGKey(1))
-    optimizer = make_optimizer(learning_rate=3e-5, total_steps=TOTAL_STEPS)
-    state = init_state(params, scores, optimizer, seed=0).replace(step=jnp.int32(TOTAL_STEPS // 2))
-    state = shd.place(state, shd.tree_shardings(state, mesh))
-    step_fn = make_train_step(module, "classification", pruning, optimizer)
-    jitted = jit_train_step(step_fn, mesh, state, batch)
-    put = shd.batch_sharding(mesh, batch, micro=True)
-    batches = [shd.put_batch(synthetic_batch(config, batch, seq, s), put) for s in range(2)]
+class Variant:
+    """One compiled train step with its own state and two device batches."""
 
-    t0 = time.perf_counter()
-    compiled = jitted.lower(state, batches[0], None).compile()
-    compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    memory = None
-    if mem is not None:
-        memory = (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                  - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
-    for i in range(warmup):
-        state, metrics = compiled(state, batches[i % 2], None)
-    jax.block_until_ready((state, metrics))
-    times = []
-    for i in range(steps):
+    def __init__(self, module, params, config, variant: str, *, batch: int, seq: int, mesh):
+        kw = dict(initial_threshold=1.0, final_threshold=0.15, warmup_steps=0,
+                  total_steps=TOTAL_STEPS)
+        kw.update(VARIANTS[variant])
+        pruning = Pruning(**kw)
+        scores = {}
+        if pruning.method in SCORE_INIT:
+            init, scale = SCORE_INIT[pruning.method]
+            scores = masking.init_scores(params, init, scale, rng=jax.random.PRNGKey(1))
+        optimizer = make_optimizer(learning_rate=3e-5, total_steps=TOTAL_STEPS)
+        state = init_state(params, scores, optimizer, seed=0)
+        state = state.replace(step=jnp.int32(TOTAL_STEPS // 2))
+        self.state = shd.place(state, shd.tree_shardings(state, mesh))
+        step_fn = make_train_step(module, "classification", pruning, optimizer)
+        jitted = jit_train_step(step_fn, mesh, self.state, batch)
+        put = shd.batch_sharding(mesh, batch, micro=True)
+        self.batches = [shd.put_batch(synthetic_batch(config, batch, seq, s), put) for s in range(2)]
+        t0 = time.perf_counter()
+        self.compiled = jitted.lower(self.state, self.batches[0], None).compile()
+        self.compile_s = time.perf_counter() - t0
+        mem = self.compiled.memory_analysis()
+        self.memory = None
+        if mem is not None:
+            self.memory = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                           - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+        self.name, self.times, self.i, self.metrics = variant, [], 0, None
+
+    def step(self, timed: bool = True) -> None:
         t = time.perf_counter()
-        state, metrics = compiled(state, batches[i % 2], None)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t)
-    loss = float(metrics["loss"])
-    assert np.isfinite(loss), f"{variant}: loss {loss}"
-    return {"variant": variant, "median_s": statistics.median(times),
-            "mean_s": statistics.fmean(times), "min_s": min(times), "compile_s": compile_s,
-            "memory_bytes": memory, "remaining": float(metrics["remaining_weights"])}
+        self.state, self.metrics = self.compiled(self.state, self.batches[self.i % 2], None)
+        jax.block_until_ready((self.state, self.metrics))
+        if timed:
+            self.times.append(time.perf_counter() - t)
+        self.i += 1
+
+    def result(self) -> dict:
+        loss = float(self.metrics["loss"])
+        assert np.isfinite(loss), f"{self.name}: loss {loss}"
+        return {"variant": self.name, "median_s": statistics.median(self.times),
+                "mean_s": statistics.fmean(self.times), "min_s": min(self.times),
+                "compile_s": self.compile_s, "memory_bytes": self.memory,
+                "remaining": float(self.metrics["remaining_weights"])}
+
+
+def bench(module, params, config, variants, *, batch, seq, steps, warmup, mesh) -> list[dict]:
+    """Each variant's steps alternate with dense steps (other load on the machine then weighs on
+    both alike); a variant's ratio is against the dense steps taken alongside it."""
+    dense = Variant(module, params, config, "dense", batch=batch, seq=seq, mesh=mesh)
+    for _ in range(warmup):
+        dense.step(timed=False)
+    rows = []
+    for name in [v for v in variants if v != "dense"]:
+        v = Variant(module, params, config, name, batch=batch, seq=seq, mesh=mesh)
+        for _ in range(warmup):
+            v.step(timed=False)
+        start = len(dense.times)
+        for i in range(steps):
+            first, second = (dense, v) if i % 2 == 0 else (v, dense)
+            first.step()
+            second.step()
+        r = v.result()
+        r["dense_median_s"] = statistics.median(dense.times[start:])
+        r["ratio"] = r["median_s"] / r["dense_median_s"]
+        rows.append(r)
+        del v
+    if not dense.times:  # dense alone
+        for _ in range(steps):
+            dense.step()
+    r = dense.result()
+    r["ratio"] = 1.0
+    return [r, *rows] if "dense" in variants else rows
 
 
 def main(argv=None):
@@ -189,8 +224,8 @@ def main(argv=None):
               "jax": jax.__version__, "dtype": dtype_name, "mesh": dict(mesh.shape),
               "matmul_peak_flops": peak, "command": " ".join(["python", *sys.argv])}
     print(json.dumps(header))
-    print("| model | seq | batch | variant | median step (ms) | mean (ms) | x dense | examples/s "
-          "| memory (GiB) | MFU |")
+    print("| model | seq | batch | variant | median step (ms) | mean (ms) | x dense (paired) "
+          "| examples/s | memory (GiB) | MFU |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for model_name, batch in zip(args.models, batch_sizes):
@@ -198,23 +233,18 @@ def main(argv=None):
         module = build_module(config, head="classification", num_labels=2, dtype=dtype)
         params = jax.device_get(init_params(module, seed=0))  # host copy: the steps donate
         for seq in args.seq_lens:
-            dense = None
             flops = model_flops_per_step(config, batch, seq)
-            for variant in args.variants:
-                r = bench_variant(module, params, config, variant, batch=batch, seq=seq,
-                                  steps=args.steps, warmup=args.warmup, mesh=mesh)
-                if variant == "dense":
-                    dense = r["median_s"]
-                r.update(model=model_name, seq=seq, batch=batch, examples_per_s=batch / r["median_s"],
-                         ratio=(r["median_s"] / dense) if dense else None,
-                         model_flops=flops, mfu=(flops / r["median_s"] / peak) if peak else None)
+            for r in bench(module, params, config, args.variants, batch=batch, seq=seq,
+                           steps=args.steps, warmup=args.warmup, mesh=mesh):
+                r.update(model=model_name, seq=seq, batch=batch,
+                         examples_per_s=batch / r["median_s"], model_flops=flops,
+                         mfu=(flops / r["median_s"] / peak) if peak else None)
                 rows.append(r)
                 mem = f"{r['memory_bytes'] / 2**30:.2f}" if r["memory_bytes"] is not None else "-"
-                ratio = f"{r['ratio']:.3f}" if r["ratio"] else "-"
                 mfu_s = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
-                print(f"| {model_name} | {seq} | {batch} | {variant} | {1e3 * r['median_s']:.1f} "
-                      f"| {1e3 * r['mean_s']:.1f} | {ratio} | {r['examples_per_s']:.1f} | {mem} "
-                      f"| {mfu_s} |", flush=True)
+                print(f"| {model_name} | {seq} | {batch} | {r['variant']} | "
+                      f"{1e3 * r['median_s']:.1f} | {1e3 * r['mean_s']:.1f} | {r['ratio']:.3f} | "
+                      f"{r['examples_per_s']:.2f} | {mem} | {mfu_s} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**header, "results": rows}, f, indent=2)
