@@ -1,0 +1,559 @@
+"""Plots of what pruning keeps: the paper's Figure 1, score distributions, remaining weights per
+layer and matrix type, and how masks change over training.
+
+Two kinds of functions:
+
+* loaders that read a run directory written by ``fine_prune`` / ``mvp-jax fine-prune`` and
+  return plain numpy arrays (``load_run_weights``, ``mask_history``, ``read_metrics``);
+* plotting functions that take those arrays (or a ``counts`` dict of
+  :func:`mvp_jax.export.count_remaining`) and return a ``matplotlib`` figure; ``save_figure``
+  writes it as a PNG, so figures can be looked at outside Jupyter.
+
+The numbers behind the pictures come from plain functions too (``figure1_stats``,
+``mask_flips``, ``overlap_with_final``, ``kept_per_layer``), so tests can check them.
+
+JAX and the model code are imported only by the loaders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RunWeights",
+    "checkpoint_steps",
+    "figure1",
+    "figure1_stats",
+    "kept_per_layer",
+    "load_run_weights",
+    "mask_dynamics",
+    "mask_flips",
+    "mask_history",
+    "matrix_label",
+    "movement_scatter",
+    "overlap_with_final",
+    "read_metrics",
+    "remaining_grid",
+    "remaining_heatmap",
+    "save_figure",
+    "save_remaining_heatmap",
+    "score_histograms",
+    "training_curves",
+    "weights_scatter",
+]
+
+KEPT_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple")
+PRUNED_COLOR = "0.72"
+
+# Encoder matrix types, in the order of ``mvp_jax.export.format_counts``.
+MATRIX_TYPES = {
+    "attention/self/query": "query",
+    "attention/self/key": "key",
+    "attention/self/value": "value",
+    "attention/output/dense": "attn_out",
+    "intermediate/dense": "ffn_in",
+    "output/dense": "ffn_out",
+}
+_LAYER = re.compile(r"layer/(\d+)/(.+)/kernel$")
+
+
+def matrix_label(path: str) -> tuple[str, str]:
+    """``(layer, type)`` of a prunable kernel path, e.g. ``("3", "ffn_in")``; other paths give
+    ``(path, "matrix")``."""
+    m = _LAYER.search(path)
+    if not m:
+        return path, "matrix"
+    return m.group(1), MATRIX_TYPES.get(m.group(2), m.group(2))
+
+
+def _layer_of(path: str) -> str:
+    return matrix_label(path)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading runs
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunWeights:
+    """The prunable matrices of one run, as numpy arrays keyed by '/'-joined parameter path.
+
+    ``pretrained``: values before fine-pruning; ``final``: fine-pruned values (before masking);
+    ``masks``: the final deterministic masks (bool); ``scores``: the importance scores the masks
+    were selected from (learned scores, or ``|W|`` for magnitude pruning).
+    """
+
+    run_dir: str
+    method: str
+    step: int
+    keep: float
+    pretrained: dict[str, np.ndarray]
+    final: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+
+    @property
+    def paths(self) -> list[str]:
+        return list(self.masks)
+
+    def concat(self, which: str, paths: Sequence[str] | None = None) -> np.ndarray:
+        """All matrices' values of ``which`` (a field name) flattened and concatenated."""
+        tree = getattr(self, which)
+        return np.concatenate([np.ravel(tree[p]) for p in (paths or self.paths)])
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    from flax import traverse_util
+
+    tree = tree.unfreeze() if hasattr(tree, "unfreeze") else tree
+    return traverse_util.flatten_dict(tree, sep="/")
+
+
+def _final_masks(pruning, params, scores) -> dict[str, np.ndarray]:
+    import jax
+
+    masks = jax.device_get(pruning.final_masks(params, scores))
+    return {p: np.asarray(m) > 0 for p, m in masks.items()}
+
+
+def _restore(run_dir: str):
+    from mvp_jax.evaluation import restore_run
+
+    return restore_run(os.fspath(run_dir))
+
+
+def load_run_weights(run_dir: str) -> RunWeights:
+    """Pretrained and fine-pruned values, final masks and scores of a run's latest checkpoint."""
+    import jax
+
+    from mvp_jax.train import LEARNED
+
+    _, pre, pruning, state = _restore(run_dir)
+    params = jax.device_get(state.params)
+    masks = _final_masks(pruning, state.params, state.scores)
+    flat_pre, flat_fin = _flat(jax.device_get(pre.params)), _flat(params)
+    if pruning.method in LEARNED:
+        flat_scores = _flat(jax.device_get(state.scores))
+        scores = {p: np.asarray(flat_scores[p]) for p in masks}
+    else:
+        scores = {p: np.abs(np.asarray(flat_fin[p])) for p in masks}
+    return RunWeights(
+        run_dir=os.fspath(run_dir), method=pruning.method, step=int(jax.device_get(state.step)),
+        keep=float(pruning.final_threshold),
+        pretrained={p: np.asarray(flat_pre[p]) for p in masks},
+        final={p: np.asarray(flat_fin[p]) for p in masks}, masks=masks, scores=scores)
+
+
+def checkpoint_steps(run_dir: str) -> list[int]:
+    """Steps of the checkpoints kept in ``run_dir/checkpoints``, ascending."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(s) for s in ocp.utils.checkpoint_steps(directory))
+
+
+def mask_history(run_dir: str, steps: Sequence[int] | None = None
+                 ) -> tuple[list[int], list[dict[str, np.ndarray]]]:
+    """Final-style masks (the final keep fraction applied to the scores, or to ``|W|``, of each
+    checkpoint) for every checkpoint of a run, or for ``steps``.
+
+    Returns ``(steps, masks)``, ``masks[i]`` a ``{path: bool array}`` dict. Save checkpoints
+    often (``train.save_every``) and keep them (``train.keep_checkpoints``) to see more steps.
+    """
+    from mvp_jax.checkpoint import CheckpointManager
+
+    available = checkpoint_steps(run_dir)
+    steps = available if steps is None else [int(s) for s in steps]
+    missing = sorted(set(steps) - set(available))
+    if missing:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint for steps {missing}; "
+                                f"available: {available}")
+    _, _, pruning, template = _restore(run_dir)
+    mngr = CheckpointManager(os.path.join(os.path.abspath(run_dir), "checkpoints"),
+                             keep=max(len(available), 1))
+    history = []
+    try:
+        for step in steps:
+            state = mngr.restore(template, step)
+            history.append(_final_masks(pruning, state.params, state.scores))
+    finally:
+        mngr.close()
+    return steps, history
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    """The records of ``run_dir/metrics.jsonl`` (one dict per logged step or evaluation)."""
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------
+# Numbers behind the pictures
+# ----------------------------------------------------------------------------------------------
+
+
+def figure1_stats(pretrained: Mapping[str, np.ndarray], final: Mapping[str, np.ndarray],
+                  masks: Mapping[str, np.ndarray]) -> dict:
+    """What a mask selected, relative to the pretrained and final values.
+
+    * ``outward_kept`` / ``outward_pruned``: fraction of kept / pruned weights with
+      ``|W_final| > |W_pretrained|`` (moved away from zero). Movement pruning keeps the weights
+      that move away from zero: the first is much larger than the second.
+    * ``separated``: in every matrix, ``min |W_final|`` of kept weights ``>=`` ``max |W_final|``
+      of pruned ones (what Top-v of ``|W|`` per matrix guarantees); ``separated_global``: the
+      same over all matrices together (a global Top-v).
+    * ``kept_fraction``, ``kept_abs_pretrained`` / ``pruned_abs_pretrained`` (mean ``|W|``
+      before fine-pruning), ``mean_abs_change_kept`` / ``mean_abs_change_pruned``.
+    """
+    out_k = out_p = n_k = n_p = 0
+    abs0_k = abs0_p = d_k = d_p = 0.0
+    separated = True
+    min_kept, max_pruned = np.inf, -np.inf
+    for path, m in masks.items():
+        m = np.asarray(m, bool)
+        w0, w1 = np.asarray(pretrained[path]), np.asarray(final[path])
+        outward = np.abs(w1) > np.abs(w0)
+        out_k += int(outward[m].sum())
+        out_p += int(outward[~m].sum())
+        n_k, n_p = n_k + int(m.sum()), n_p + int((~m).sum())
+        abs0_k += float(np.abs(w0[m]).sum())
+        abs0_p += float(np.abs(w0[~m]).sum())
+        d_k += float(np.abs(w1 - w0)[m].sum())
+        d_p += float(np.abs(w1 - w0)[~m].sum())
+        if m.any() and (~m).any():
+            lo, hi = float(np.abs(w1[m]).min()), float(np.abs(w1[~m]).max())
+            separated &= lo >= hi
+            min_kept, max_pruned = min(min_kept, lo), max(max_pruned, hi)
+
+    def ratio(a, b):
+        return a / b if b else float("nan")
+
+    return {
+        "kept": n_k, "pruned": n_p, "kept_fraction": ratio(n_k, n_k + n_p),
+        "outward_kept": ratio(out_k, n_k), "outward_pruned": ratio(out_p, n_p),
+        "separated": bool(separated), "separated_global": bool(min_kept >= max_pruned),
+        "min_abs_kept": float(min_kept), "max_abs_pruned": float(max_pruned),
+        "kept_abs_pretrained": ratio(abs0_k, n_k), "pruned_abs_pretrained": ratio(abs0_p, n_p),
+        "mean_abs_change_kept": ratio(d_k, n_k), "mean_abs_change_pruned": ratio(d_p, n_p),
+    }
+
+
+def _per_layer(masks: Mapping[str, np.ndarray]) -> dict[str, list[str]]:
+    layers: dict[str, list[str]] = {}
+    for path in masks:
+        layers.setdefault(_layer_of(path), []).append(path)
+    return dict(sorted(layers.items(), key=lambda kv: (not kv[0].isdigit(),
+                                                       int(kv[0]) if kv[0].isdigit() else kv[0])))
+
+
+def mask_flips(history: Sequence[Mapping[str, np.ndarray]], by_layer: bool = False):
+    """Fraction of mask entries that changed between consecutive masks: ``len(history) - 1``
+    values (``{layer: values}`` with ``by_layer``)."""
+    def flips(paths):
+        total = sum(np.size(history[0][p]) for p in paths)
+        return np.array([sum(int(np.count_nonzero(a[p] != b[p])) for p in paths) / total
+                         for a, b in pairwise(history)])
+
+    if not history:
+        return {} if by_layer else np.zeros(0)
+    if by_layer:
+        return {layer: flips(paths) for layer, paths in _per_layer(history[0]).items()}
+    return flips(list(history[0]))
+
+
+def overlap_with_final(history: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per layer, the fraction of the last mask's kept weights already kept in each mask."""
+    last = history[-1]
+    out = {}
+    for layer, paths in _per_layer(last).items():
+        kept = sum(int(last[p].sum()) for p in paths)
+        out[layer] = np.array([sum(int(np.count_nonzero(h[p] & last[p])) for p in paths)
+                               / max(kept, 1) for h in history])
+    return out
+
+
+def kept_per_layer(history: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per layer, the fraction of weights kept by each mask (varies only with a global Top-v)."""
+    out = {}
+    for layer, paths in _per_layer(history[0]).items():
+        total = sum(np.size(history[0][p]) for p in paths)
+        out[layer] = np.array([sum(int(h[p].sum()) for p in paths) / total for h in history])
+    return out
+
+
+def remaining_grid(counts: Mapping) -> tuple[list[str], list[str], np.ndarray]:
+    """``(layers, types, fraction[layer, type])`` from a ``count_remaining`` dict (NaN where a
+    layer has no matrix of that type)."""
+    cells: dict[tuple[str, str], list[int]] = {}
+    layers: list[str] = []
+    types: list[str] = []
+    for path, c in counts["matrices"].items():
+        layer, kind = matrix_label(path)
+        layers += [layer] if layer not in layers else []
+        types += [kind] if kind not in types else []
+        cell = cells.setdefault((layer, kind), [0, 0])
+        cell[0] += int(c["remaining"])
+        cell[1] += int(c["total"])
+    order = list(MATRIX_TYPES.values())
+    types.sort(key=lambda t: order.index(t) if t in order else len(order))
+    layers.sort(key=lambda x: (not x.isdigit(), int(x) if x.isdigit() else x))
+    grid = np.full((len(layers), len(types)), np.nan)
+    for (layer, kind), (r, t) in cells.items():
+        grid[layers.index(layer), types.index(kind)] = r / t if t else np.nan
+    return layers, types, grid
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str, dpi: int = 110) -> str:
+    """Write ``fig`` as a PNG (parent folders created); returns the path."""
+    parent = os.path.dirname(os.fspath(path))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return os.fspath(path)
+
+
+def _sample(n: int, max_points: int | None, seed: int) -> np.ndarray:
+    if max_points is None or n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+
+
+def _symmetric_limit(*arrays, quantile: float = 0.999) -> float:
+    values = np.concatenate([np.abs(np.ravel(a)) for a in arrays])
+    return float(np.quantile(values, quantile)) * 1.05 if values.size else 1.0
+
+
+def weights_scatter(ax, pretrained: np.ndarray, final: np.ndarray, mask: np.ndarray, *,
+                    title: str = "", color: str = KEPT_COLORS[0], max_points: int | None = 30000,
+                    seed: int = 0, limit: float | None = None):
+    """Fine-pruned against pretrained values on ``ax``: kept weights in ``color``, pruned in
+    grey, the identity line in black (the paper's Figure 1). Returns ``ax``."""
+    w0, w1 = np.ravel(pretrained), np.ravel(final)
+    m = np.ravel(np.asarray(mask, bool))
+    idx = _sample(w0.size, max_points, seed)
+    w0, w1, m = w0[idx], w1[idx], m[idx]
+    lim = limit or _symmetric_limit(w0, w1)
+    ax.scatter(w0[~m], w1[~m], s=1.5, c=PRUNED_COLOR, lw=0, rasterized=True,
+               label=f"pruned ({100 * (~m).mean():.0f}%)")
+    ax.scatter(w0[m], w1[m], s=1.5, c=color, lw=0, rasterized=True,
+               label=f"kept ({100 * m.mean():.0f}%)")
+    ax.plot([-lim, lim], [-lim, lim], color="black", lw=0.8)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xlabel("pretrained value")
+    ax.set_ylabel("fine-pruned value")
+    ax.set_title(title)
+    ax.legend(loc="upper left", markerscale=6, fontsize=8, frameon=False)
+    return ax
+
+
+def _select(run: RunWeights, paths: Sequence[str] | str | None):
+    if paths is None:
+        paths = run.paths
+    elif isinstance(paths, str):
+        paths = [p for p in run.paths if re.search(paths, p)]
+        if not paths:
+            raise ValueError(f"no prunable matrix of {run.run_dir} matches {paths!r}")
+    return [run.concat(k, paths) for k in ("pretrained", "final", "masks")]
+
+
+def _method_title(run: RunWeights) -> str:
+    names = {"magnitude": "Magnitude pruning", "topk": "Movement pruning",
+             "sigmoied_threshold": "Soft movement pruning", "l0": "L0 regularization",
+             "none": "No pruning"}
+    return f"{names.get(run.method, run.method)} ({100 * run.keep:.0f}% kept, step {run.step})"
+
+
+def figure1(runs: Sequence[RunWeights], *, paths: Sequence[str] | str | None = None,
+            max_points: int | None = 30000, seed: int = 0, suptitle: str | None = None,
+            quantile: float = 0.995):
+    """The paper's Figure 1 for your runs: one weights-vs-pretrained panel per run, side by
+    side, on shared axes. ``paths``: the matrices to plot (a list, or a regex); default all
+    prunable matrices (subsampled to ``max_points`` points per panel). The axes span the
+    ``quantile`` of ``|W|``: lower it to zoom in on the bulk of the weights."""
+    plt = _plt()
+    data = [_select(r, paths) for r in runs]
+    lim = max(_symmetric_limit(w0, w1, quantile=quantile) for w0, w1, _ in data)
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 4.6), squeeze=False)
+    for i, (run, (w0, w1, m)) in enumerate(zip(runs, data)):
+        weights_scatter(axes[0, i], w0, w1, m, title=_method_title(run),
+                        color=KEPT_COLORS[i % len(KEPT_COLORS)], max_points=max_points,
+                        seed=seed, limit=lim)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def movement_scatter(runs: Sequence[RunWeights], *, paths: Sequence[str] | str | None = None,
+                     max_points: int | None = 30000, seed: int = 0):
+    """Change of magnitude ``|W_final| - |W_pretrained|`` against the pretrained value, kept in
+    colour, pruned in grey: above zero = moved away from zero. A zoom on Figure 1's diagonal."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.6), squeeze=False,
+                             sharey=True)
+    data = [_select(r, paths) for r in runs]
+    xlim = max(_symmetric_limit(w0) for w0, _, _ in data)
+    ylim = max(_symmetric_limit(np.abs(w1) - np.abs(w0)) for w0, w1, _ in data)
+    for i, (run, (w0, w1, m)) in enumerate(zip(runs, data)):
+        ax = axes[0, i]
+        idx = _sample(w0.size, max_points, seed)
+        w0, w1, m = w0[idx], w1[idx], m[idx].astype(bool)
+        d = np.abs(w1) - np.abs(w0)
+        ax.scatter(w0[~m], d[~m], s=1.5, c=PRUNED_COLOR, lw=0, rasterized=True, label="pruned")
+        ax.scatter(w0[m], d[m], s=1.5, c=KEPT_COLORS[i % len(KEPT_COLORS)], lw=0,
+                   rasterized=True, label="kept")
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xlim(-xlim, xlim)
+        ax.set_ylim(-ylim, ylim)
+        ax.set_xlabel("pretrained value")
+        ax.set_title(_method_title(run), fontsize=10)
+        ax.legend(loc="upper left", markerscale=6, fontsize=8, frameon=False)
+    axes[0, 0].set_ylabel("|fine-pruned| - |pretrained|")
+    fig.tight_layout()
+    return fig
+
+
+def score_histograms(runs: Sequence[RunWeights], *, bins: int = 120):
+    """Distribution of the importance scores of each run (learned S, or |W| for magnitude),
+    kept and pruned weights stacked, log counts."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.4), squeeze=False)
+    for i, run in enumerate(runs):
+        ax = axes[0, i]
+        s, m = run.concat("scores"), run.concat("masks").astype(bool)
+        lo, hi = np.quantile(s, [0.0005, 0.9995])
+        edges = np.linspace(lo, hi, bins + 1)
+        ax.hist([np.clip(s[~m], lo, hi), np.clip(s[m], lo, hi)], bins=edges, stacked=True,
+                color=[PRUNED_COLOR, KEPT_COLORS[i % len(KEPT_COLORS)]], label=["pruned", "kept"])
+        ax.set_yscale("log")
+        ax.set_xlabel("|W| (magnitude score)" if run.method == "magnitude" else "learned score S")
+        ax.set_ylabel("weights")
+        ax.set_title(_method_title(run), fontsize=10)
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def remaining_heatmap(counts: Mapping, *, title: str | None = None, ax=None,
+                      vmax: float | None = None):
+    """Remaining weights (percent) per layer (rows) and matrix type (columns) of a
+    ``count_remaining`` dict / ``counts.json``, annotated; returns the figure."""
+    layers, types, grid = remaining_grid(counts)
+    if ax is None:
+        fig, ax = _plt().subplots(figsize=_heatmap_size(layers, types))
+    else:
+        fig = ax.figure
+    pct = 100.0 * grid
+    vmax = vmax if vmax is not None else max(float(np.nanmax(pct)) if pct.size else 100.0, 1e-9)
+    im = ax.imshow(pct, cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
+    for (r, c), v in np.ndenumerate(pct):
+        if np.isfinite(v):
+            ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=8,
+                    color="white" if v < 0.6 * vmax else "black")
+    ax.set_xticks(range(len(types)), types, rotation=30, ha="right")
+    ax.set_yticks(range(len(layers)), layers)
+    ax.set_xlabel("matrix")
+    ax.set_ylabel("layer")
+    total = 100.0 * counts.get("fraction", np.nan)
+    ax.set_title(title or f"remaining weights (%), {total:.2f}% overall")
+    fig.colorbar(im, ax=ax, label="% remaining")
+    fig.tight_layout()
+    return fig
+
+
+def _heatmap_size(layers, types) -> tuple[float, float]:
+    return 1.0 * len(types) + 2.2, 0.42 * len(layers) + 1.6
+
+
+def save_remaining_heatmap(counts: Mapping, path: str, *, title: str | None = None) -> str:
+    """:func:`remaining_heatmap` written to ``path`` without pyplot (no GUI backend, no global
+    figure state: safe in scripts and in the command line); returns the path."""
+    from matplotlib.figure import Figure
+
+    layers, types, _ = remaining_grid(counts)
+    fig = Figure(figsize=_heatmap_size(layers, types))
+    remaining_heatmap(counts, ax=fig.subplots(), title=title)
+    return save_figure(fig, path)
+
+
+def _layer_lines(ax, steps, per_layer: Mapping[str, np.ndarray], ylabel: str, title: str):
+    cmap = _plt().get_cmap("viridis")
+    n = max(len(per_layer) - 1, 1)
+    for i, (layer, values) in enumerate(per_layer.items()):
+        ax.plot(steps, 100.0 * np.asarray(values), marker="o", ms=3, color=cmap(i / n),
+                label=f"layer {layer}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+
+
+def mask_dynamics(steps: Sequence[int], history: Sequence[Mapping[str, np.ndarray]], *,
+                  title: str | None = None):
+    """How final-style masks change over training, from a run's checkpoints: fraction of mask
+    flips between consecutive checkpoints (all and per layer), the fraction of the final mask
+    already kept at each step, and the kept fraction per layer (constant for a local Top-v)."""
+    plt = _plt()
+    steps = list(steps)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    mid = [(a + b) / 2 for a, b in pairwise(steps)]
+    ax = axes[0]
+    if len(history) > 1:
+        _layer_lines(ax, mid, mask_flips(history, by_layer=True), "", "")
+        ax.plot(mid, 100.0 * mask_flips(history), color="black", lw=2, label="all")
+    ax.set_ylabel("% of entries flipped")
+    ax.set_title("mask flips between consecutive checkpoints", fontsize=10)
+    ax.legend(fontsize=7, frameon=False, ncol=2)
+    _layer_lines(axes[1], steps, overlap_with_final(history), "% of final kept weights",
+                 "final mask already kept at step t")
+    _layer_lines(axes[2], steps, kept_per_layer(history), "% kept",
+                 "kept per layer (final keep fraction)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(runs: Mapping[str, str]):
+    """Loss and remaining weights over steps of runs ``{label: run_dir}`` (from metrics.jsonl)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for i, (label, run_dir) in enumerate(runs.items()):
+        recs = [r for r in read_metrics(run_dir) if "loss" in r]
+        steps = [r["step"] for r in recs]
+        color = KEPT_COLORS[i % len(KEPT_COLORS)]
+        axes[0].plot(steps, [r["loss"] for r in recs], color=color, label=label)
+        axes[1].plot(steps, [100 * r["remaining_weights"] for r in recs], color=color, label=label)
+    axes[0].set_ylabel("training loss")
+    axes[1].set_ylabel("% remaining (training mask)")
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
