@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "'remaining weights'), per matrix and in total.")
     p.add_argument("model", metavar="MODEL", help="model directory or run directory")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--plot", metavar="FILE",
+                   help="also save a heatmap of remaining weights (layer x matrix type) as FILE "
+                        "(PNG, or any format matplotlib writes, by extension)")
     return parser
 
 
@@ -124,6 +127,13 @@ def cmd_count(args) -> int:
     pre = load_pretrained(path, head=None)
     counts = count_remaining(pre.params)
     print(json.dumps(counts, indent=2) if args.json else format_counts(counts))
+    if args.plot:
+        from mvp_jax.plots import save_remaining_heatmap
+
+        name = os.path.basename(os.path.normpath(args.model))
+        save_remaining_heatmap(counts, args.plot,
+                               title=f"{name}: {100 * counts['fraction']:.2f}% remaining")
+        print(f"heatmap written to {args.plot}", file=sys.stderr)
     return 0
 
 
