@@ -439,7 +439,7 @@ def movement_scatter(runs: Sequence[RunWeights], *, paths: Sequence[str] | str |
 
 def score_histograms(runs: Sequence[RunWeights], *, bins: int = 120):
     """Distribution of the importance scores of each run (learned S, or |W| for magnitude),
-    kept and pruned weights stacked, log counts."""
+    kept and pruned weights stacked, log counts; the central 99.9% of the scores."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 3.4), squeeze=False)
     for i, run in enumerate(runs):
@@ -447,7 +447,8 @@ def score_histograms(runs: Sequence[RunWeights], *, bins: int = 120):
         s, m = run.concat("scores"), run.concat("masks").astype(bool)
         lo, hi = np.quantile(s, [0.0005, 0.9995])
         edges = np.linspace(lo, hi, bins + 1)
-        ax.hist([np.clip(s[~m], lo, hi), np.clip(s[m], lo, hi)], bins=edges, stacked=True,
+        inside = (s >= lo) & (s <= hi)  # the central 99.9%: a few outliers would squash the rest
+        ax.hist([s[~m & inside], s[m & inside]], bins=edges, stacked=True,
                 color=[PRUNED_COLOR, KEPT_COLORS[i % len(KEPT_COLORS)]], label=["pruned", "kept"])
         ax.set_yscale("log")
         ax.set_xlabel("|W| (magnitude score)" if run.method == "magnitude" else "learned score S")
