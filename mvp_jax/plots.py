@@ -118,11 +118,17 @@ def _flat(tree: Any) -> dict[str, Any]:
     return traverse_util.flatten_dict(tree, sep="/")
 
 
-def _final_masks(pruning, params, scores) -> dict[str, np.ndarray]:
+def _final_masks_fn(pruning):
+    """``(params, scores) -> {path: bool array}``: the final masks, in one compiled program."""
     import jax
 
-    masks = jax.device_get(pruning.final_masks(params, scores))
-    return {p: np.asarray(m) > 0 for p, m in masks.items()}
+    compiled = jax.jit(pruning.final_masks)
+
+    def final_masks(params, scores):
+        masks = jax.device_get(compiled(params, scores))
+        return {p: np.asarray(m) > 0 for p, m in masks.items()}
+
+    return final_masks
 
 
 def _restore(run_dir: str):
@@ -139,7 +145,7 @@ def load_run_weights(run_dir: str) -> RunWeights:
 
     _, pre, pruning, state = _restore(run_dir)
     params = jax.device_get(state.params)
-    masks = _final_masks(pruning, state.params, state.scores)
+    masks = _final_masks_fn(pruning)(state.params, state.scores)
     flat_pre, flat_fin = _flat(jax.device_get(pre.params)), _flat(params)
     if pruning.method in LEARNED:
         flat_scores = _flat(jax.device_get(state.scores))
@@ -182,11 +188,11 @@ def mask_history(run_dir: str, steps: Sequence[int] | None = None
     _, _, pruning, template = _restore(run_dir)
     mngr = CheckpointManager(os.path.join(os.path.abspath(run_dir), "checkpoints"),
                              keep=max(len(available), 1))
-    history = []
+    final_masks, history = _final_masks_fn(pruning), []
     try:
         for step in steps:
             state = mngr.restore(template, step)
-            history.append(_final_masks(pruning, state.params, state.scores))
+            history.append(final_masks(state.params, state.scores))
     finally:
         mngr.close()
     return steps, history

@@ -382,10 +382,15 @@ def _finish(run: _Run, state, fh, writer) -> dict:
 
     setup, output_dir = run.setup, run.output_dir
     evals = run.evaluate(state)
-    masked = final_masked_params(state.params, state.scores, setup.pruning)
-    if jax.process_count() > 1:  # whole on every process (an identity: the bits are kept)
-        masked = jax.jit(lambda t: t, out_shardings=shd.replicated(run.mesh))(masked)
-    masked = jax.device_get(masked)
+    # The masks in one compiled program (many small eager programs with collectives in flight
+    # at once can deadlock XLA's CPU backend), whole on every process; W * M on the host, bit for
+    # bit the eager product (-0.0 kept) that `mvp-jax export` computes from the checkpoint.
+    whole = shd.replicated(run.mesh)
+    masks = jax.jit(setup.pruning.final_masks, out_shardings=whole)(state.params, state.scores)
+    params = state.params
+    if jax.process_count() > 1:
+        params = jax.jit(lambda t: t, out_shardings=whole)(params)
+    masked = masking.multiply_masks(jax.device_get(params), jax.device_get(masks))
     counts = count_remaining(masked, setup.pruning.patterns)
     step = int(jax.device_get(state.step))
     spec = setup.task.spec

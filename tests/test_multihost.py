@@ -3,7 +3,8 @@ backend, gloo collectives over localhost), then a one-process resume of their ch
 
 Each process has 2 CPU devices; the mesh is 2 x 2 (data across the processes, model within
 each), so every batch is fed half by each process and the model-parallel layers run inside a
-process. The one-process resume runs on a single device: the checkpoint is resharded.
+process. The one-process resume runs on a 1 x 2 mesh: the checkpoint is resharded, and the final
+evaluation and export run with model-sharded scores.
 """
 
 import json
@@ -108,10 +109,10 @@ def test_two_processes_write_a_checkpoint_that_one_process_resumes(tmp_path, sha
     # each process fed its half of the batch: step 1's loss is the loss of the whole batch
     assert lines[0]["loss"] == pytest.approx(first_step_loss(shared_data), rel=1e-4)
 
-    # one process, one device: resume from step 2 to the end (the mesh may change on resume)
+    # one process, two devices (mesh 1 x 2): resume from step 2 to the end
     res = subprocess.run(cli("--output-dir", str(run), *overrides(shared_data), "--resume",
-                             "--set", "mesh.model=1"),
-                         cwd=REPO, capture_output=True, text=True, timeout=420, env=env_for(1))
+                             "--set", "mesh.model=2"),
+                         cwd=REPO, capture_output=True, text=True, timeout=420, env=env_for(2))
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     results = json.loads((run / "eval_results.json").read_text())
     assert results["step"] == 4
