@@ -97,3 +97,14 @@ def test_what_pruning_keeps_runs_and_shows_figure1(tmp_path, shared_data, monkey
         run = tmp_path / "runs" / f"what_pruning_keeps_{label}"
         assert (run / "eval_results.json").exists()
         assert len([p for p in os.listdir(run / "checkpoints") if p.isdigit()]) >= 3
+
+
+def test_run_notebook_script_rejects_unknown_notebook(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, str(NOTEBOOKS / "run_notebook.py"), "nope.ipynb",
+                          "--figures", str(tmp_path / "f")], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "no notebook 'nope.ipynb'" in res.stderr and "quickstart.ipynb" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "f").exists()
