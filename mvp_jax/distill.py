@@ -33,3 +33,24 @@ def distillation_loss(kind: str, student, teacher, temperature: float) -> jax.Ar
         return 0.5 * (kl_with_temperature(student[0], teacher[0], temperature)
                       + kl_with_temperature(student[1], teacher[1], temperature))
     raise ValueError(f"unknown task kind {kind!r}; choose one of classification, regression, qa")
+
+
+def teacher_label_permutation(id2label: dict, label_names) -> list[int] | None:
+    """``perm`` with ``teacher_output[perm[i]]`` = the task's label ``i``, when the teacher names
+    the task's labels (case-insensitive) in another order, e.g. an MNLI teacher trained with
+    (contradiction, neutral, entailment) against GLUE's (entailment, neutral, contradiction).
+    ``None`` when the order already matches or cannot be checked (generic ``LABEL_i`` names,
+    other names, or a task without label names)."""
+    names = [str(id2label.get(i, id2label.get(str(i), ""))).lower() for i in range(len(id2label))]
+    wanted = [str(n).lower() for n in label_names]
+    if not wanted or sorted(names) != sorted(wanted) or names == wanted:
+        return None
+    return [names.index(n) for n in wanted]
+
+
+def permute_classifier(params, perm):
+    """The classifier's output units reordered: ``kernel[:, perm]``, ``bias[perm]``."""
+    head = dict(params["classifier"])
+    head["kernel"] = jnp.asarray(head["kernel"])[:, jnp.asarray(perm)]
+    head["bias"] = jnp.asarray(head["bias"])[jnp.asarray(perm)]
+    return {**params, "classifier": head}

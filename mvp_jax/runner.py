@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 from mvp_jax import masking
 from mvp_jax import sharding as shd
 from mvp_jax.checkpoint import CheckpointManager
+from mvp_jax.distill import permute_classifier, teacher_label_permutation
 from mvp_jax.optim import make_optimizer
 from mvp_jax.train import (LEARNED, Distill, Pruning, evaluate_splits, init_state, jit_eval_step,
                            jit_train_step, make_eval_step, make_train_step)
@@ -148,6 +150,13 @@ def load_setup(cfg) -> Setup:
                            f"task {spec.name} has {spec.num_labels}")
         teacher = load_pretrained(teacher_path, head=head, num_labels=spec.num_labels,
                                   dtype=dtype, seed=cfg.train.seed)
+        perm = (teacher_label_permutation(teacher.config.id2label, spec.label_names)
+                if head == "classification" else None)
+        if perm is not None:  # the teacher's outputs in the task's label order
+            teacher = teacher._replace(params=permute_classifier(teacher.params, perm))
+            if jax.process_index() == 0:
+                print(f"note: the teacher's labels {[teacher.config.id2label[i] for i in range(len(perm))]}"
+                      f" are reordered to the task's {list(spec.label_names)}", file=sys.stderr)
     tokenizer = load_tokenizer(pre.path)
     task = data.load_task(spec.name, tokenizer, data_dir=cfg.task.data_dir, max_seq_length=max_len,
                           doc_stride=cfg.task.doc_stride,

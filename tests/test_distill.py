@@ -50,3 +50,49 @@ def test_teacher_equal_to_student_gives_zero_loss_and_zero_gradient(kind):
 def test_unknown_kind():
     with pytest.raises(ValueError, match="unknown task kind"):
         distillation_loss("ranking", jnp.zeros(2), jnp.zeros(2), 1.0)
+
+
+# --- the teacher's label order ------------------------------------------------------------------
+
+GLUE_MNLI = ("entailment", "neutral", "contradiction")
+
+
+@pytest.mark.parametrize("id2label,expected", [
+    ({0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}, [2, 1, 0]),  # roberta-large-mnli's order
+    ({0: "neutral", 1: "entailment", 2: "contradiction"}, [1, 0, 2]),
+    ({0: "entailment", 1: "neutral", 2: "contradiction"}, None),        # already the task's order
+    ({0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}, None),                 # generic: cannot check
+    ({"0": "Contradiction", "1": "Neutral", "2": "Entailment"}, [2, 1, 0]),  # string keys (json)
+])
+def test_teacher_label_permutation(id2label, expected):
+    from mvp_jax.distill import teacher_label_permutation
+
+    perm = teacher_label_permutation(id2label, GLUE_MNLI)
+    assert perm == expected
+    if perm is not None:  # teacher output perm[i] is the task's label i
+        names = [str(id2label.get(i, id2label.get(str(i)))).lower() for i in range(3)]
+        assert [names[p] for p in perm] == list(GLUE_MNLI)
+
+
+def test_teacher_in_another_label_order_is_reordered_on_load(tmp_path, shared_data, capsys):
+    """A teacher saved (by transformers) with SST-2's labels reversed: after loading, its output i
+    is the task's label i, i.e. the torch classifier's rows in reverse order."""
+    from transformers import BertForSequenceClassification
+
+    from mvp_jax.config import load_config
+    from mvp_jax.runner import load_setup
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=37, num_labels=2, id2label={0: "POSITIVE", 1: "NEGATIVE"},
+                     label2id={"POSITIVE": 0, "NEGATIVE": 1})
+    model = BertForSequenceClassification(cfg)
+    model.save_pretrained(tmp_path / "teacher")
+    setup = load_setup(load_config(None, [
+        f"task.data_dir={shared_data / 'glue' / 'SST-2'}", "data.max_train_samples=8",
+        "data.max_eval_samples=8", f"distill.teacher={tmp_path / 'teacher'}"]))
+    head = setup.teacher.params["classifier"]
+    weight = model.classifier.weight.detach().numpy()  # [labels, hidden]
+    np.testing.assert_array_equal(np.asarray(head["kernel"]), weight.T[:, ::-1])
+    np.testing.assert_array_equal(np.asarray(head["bias"]), model.classifier.bias.detach().numpy()[::-1])
+    assert "reordered to the task's ['negative', 'positive']" in capsys.readouterr().err
