@@ -138,55 +138,63 @@ def _keep_count(keep, size: int):
     return jnp.floor(jnp.asarray(keep, jnp.float32) * size).astype(jnp.int32)
 
 
-def _flat_index(shape: Sequence[int], offset: int) -> jax.Array:
-    """``offset + `` row-major flat index of every entry of an array of ``shape`` (int32),
-    built from iotas so that it is computed where each shard lives."""
-    index = jnp.full(shape, offset, jnp.int32)
-    stride = 1
-    for d in reversed(range(len(shape))):
-        index = index + jax.lax.broadcasted_iota(jnp.int32, tuple(shape), d) * stride
-        stride *= shape[d]
-    return index
+def _rows(x: jax.Array) -> jax.Array:
+    """``x`` as a matrix of rows: ``(prod(shape[:-1]), shape[-1])``; a vector is one row."""
+    return x.reshape(1, -1) if x.ndim < 2 else x.reshape(-1, x.shape[-1])
+
+
+def _split_ties(keys: Sequence[jax.Array], t, ties_left) -> list[jax.Array]:
+    """Which entries equal to ``t`` to keep: the first ``ties_left`` in the order (leaf, then
+    row-major position), per leaf as ``[rows, cols]`` booleans.
+
+    Counts only, no flattening or sorting: one pass counts the ties of every row; an exclusive
+    running sum over the (few) rows tells each row how many of its ties to keep, so rows are kept
+    whole or not at all except one, the row where the count runs out; that row is read out by a
+    masked sum over rows and ranked by a running sum along it.
+    """
+    tied = [_rows(key) == t for key in keys]
+    per_row = [jnp.sum(tie, axis=1, dtype=jnp.int32) for tie in tied]
+    all_rows = jnp.concatenate(per_row)
+    before = jnp.cumsum(all_rows) - all_rows  # ties in the rows before each row
+    take = jnp.clip(ties_left - before, 0, all_rows)  # ties kept in each row
+    partial = (take > 0) & (take < all_rows)  # at most one row
+    p = jnp.where(jnp.any(partial), jnp.argmax(partial), -1)
+    take_p = jnp.where(p >= 0, take[jnp.maximum(p, 0)], 0)
+    masks, offset = [], 0
+    for tie, n_tied in zip(tied, per_row):
+        rows = tie.shape[0]
+        whole = (take[offset:offset + rows] == n_tied) & (n_tied > 0)  # every tie of the row
+        is_p = jax.lax.broadcasted_iota(jnp.int32, tie.shape, 0) == p - offset
+        row_p = jnp.any(tie & is_p, axis=0)  # the partial row (all False if not in this leaf)
+        keep_p = row_p & (jnp.cumsum(row_p, dtype=jnp.int32) <= take_p)
+        masks.append(tie & (whole[:, None] | (is_p & keep_p[None, :])))
+        offset += rows
+    return masks
 
 
 @jax.jit
 def _topk_binarize_leaves(leaves: Sequence[jax.Array], k) -> list[jax.Array]:
     """Masks with exactly ``k`` ones over all leaves together.
 
-    Ties at the k-th value are broken by position (first leaf, then flat index first), so the
-    count is exact for tied and constant scores too. The position cut-off is found by a second
-    bisection, over the global flat index of the tied entries, run only when the ties must be
-    split (``lax.cond``): counts only, so sharded leaves are never gathered.
+    Ties at the k-th value are broken by position (first leaf, then row-major index first), so
+    the count is exact for tied and constant scores too. The tie split (``_split_ties``: counts
+    and running sums over rows, so sharded leaves are never gathered) runs only when ties must be
+    split (``lax.cond``); otherwise the mask is ``S >= t`` for the k-th value ``t``.
     """
     k = jnp.asarray(k, jnp.int32)
     leaves = [jnp.asarray(leaf) for leaf in leaves]
     t = _kth_key(leaves, jnp.maximum(k, 1))
     keys = [_order_keys(leaf) for leaf in leaves]
-    n_above = sum(jnp.sum(key > t, dtype=jnp.int32) for key in keys)
-    n_tied = sum(jnp.sum(key == t, dtype=jnp.int32) for key in keys)
-    ties_left = jnp.maximum(k - n_above, 0)  # how many entries equal to the k-th value to keep
-    total = sum(int(np.size(leaf)) for leaf in leaves)
-    offsets = np.cumsum([0] + [int(np.size(leaf)) for leaf in leaves[:-1]])
+    n_at_least = sum(jnp.sum(key >= t, dtype=jnp.int32) for key in keys)
 
-    def index_cutoff():
-        # largest m with #{tie, index < m} < ties_left: the ties_left-th tied index
-        def round_(bit, m):
-            candidate = m | (jnp.int32(1) << bit)
-            count = sum(jnp.sum((key == t) & (_flat_index(key.shape, int(o)) < candidate),
-                                dtype=jnp.int32) for key, o in zip(keys, offsets))
-            return jnp.where(count < ties_left, candidate, m)
+    def split():
+        n_above = sum(jnp.sum(key > t, dtype=jnp.int32) for key in keys)
+        ties = _split_ties(keys, t, k - n_above)
+        return [((key > t) | tie.reshape(key.shape)) for key, tie in zip(keys, ties)]
 
-        bits = max(int(total - 1).bit_length(), 1)
-        return jax.lax.fori_loop(0, bits, lambda i, m: round_(bits - 1 - i, m), jnp.int32(0))
-
-    # every tie kept (the usual case for learned scores): no cut-off needed
-    cutoff = jax.lax.cond(n_tied > ties_left, index_cutoff, lambda: jnp.int32(total))
-    masks = []
-    for leaf, key, o in zip(leaves, keys, offsets):
-        tie_kept = (key == t) & (_flat_index(key.shape, int(o)) <= cutoff)
-        keep = ((key > t) | tie_kept) & (k > 0)
-        masks.append(keep.astype(leaf.dtype))
-    return masks
+    # every tie kept (the usual case for learned scores): no split needed
+    keep = jax.lax.cond(n_at_least > k, split, lambda: [key >= t for key in keys])
+    return [(m & (k > 0)).astype(leaf.dtype) for m, leaf in zip(keep, leaves)]
 
 
 def _topk_binarize(scores: PyTree, k) -> PyTree:

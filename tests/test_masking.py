@@ -86,6 +86,33 @@ def test_topk_keeps_exact_count_globally(keep):
     assert s[mk == 1].min() >= s[mk == 0].max()
 
 
+def reference_topk_masks(leaves, k):
+    """Independent reference: a stable sort by (-value, leaf, row-major index), first k kept."""
+    flat = np.concatenate([np.ravel(x) for x in leaves])
+    order = np.argsort(-flat, kind="stable")  # stable: ties keep (leaf, index) order
+    keep = np.zeros(flat.size, bool)
+    keep[order[:k]] = True
+    out, start = [], 0
+    for x in leaves:
+        out.append(keep[start:start + np.size(x)].reshape(np.shape(x)))
+        start += np.size(x)
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(hnp.array_shapes(min_dims=1, max_dims=3, max_side=9), min_size=1, max_size=4),
+       st.integers(1, 4), st.data())
+def test_topk_ties_are_split_by_position_like_a_stable_sort(shapes, levels, data):
+    """Few distinct values (many ties): exactly the entries a stable descending sort keeps."""
+    leaves = [data.draw(hnp.arrays(np.float32, s, elements=st.integers(0, levels).map(float)))
+              for s in shapes]
+    total = sum(x.size for x in leaves)
+    k = data.draw(st.integers(0, total))
+    got = m._topk_binarize_leaves([jnp.asarray(x) for x in leaves], k)
+    for g, want in zip(got, reference_topk_masks(leaves, k)):
+        np.testing.assert_array_equal(np.asarray(g) == 1, want)
+
+
 def test_topk_traced_keep_inside_jit_no_recompile():
     s = jax.random.normal(KEY, (64, 64))
     f = jax.jit(lambda s, keep: m.topk_mask(s, keep).sum())
