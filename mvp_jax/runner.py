@@ -351,7 +351,7 @@ def _loop(run: _Run, state, *, progress, stop_at_step) -> dict:
     bar = tqdm(total=setup.total_steps, initial=start, disable=not (progress and run.primary),
                unit="step", dynamic_ncols=True)
     batches = _batch_iterator(setup, start)
-    examples, tic = 0.0, time.perf_counter()
+    examples, tic, first_step_s = 0.0, time.perf_counter(), None
     log_path = os.path.join(output_dir, "metrics.jsonl") if run.primary else os.devnull
     with open(log_path, "a") as fh, _Signals() as sig:
         for step in range(start, end):
@@ -359,11 +359,19 @@ def _loop(run: _Run, state, *, progress, stop_at_step) -> dict:
             examples += float(batch["example_weight"].sum())
             state, metrics = run.train_step(state, run.put_train(batch), run.teacher_params)
             done = step + 1
-            if done % max(t.log_every, 1) == 0 or done == end:
+            logging_now = done % max(t.log_every, 1) == 0 or done == end
+            if step == start:  # compiles: throughput counts from the next step when it can
+                jax.block_until_ready(state)
+                first_step_s = time.perf_counter() - tic
+                if not logging_now:
+                    examples, tic = 0.0, time.perf_counter()
+            if logging_now:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - tic
                 m.update(step=done, epoch=round(done / setup.steps_per_epoch, 4),
                          examples_per_s=examples / max(elapsed, 1e-9))
+                if first_step_s is not None:  # the first line of this process: with compilation
+                    m["first_step_s"], first_step_s = first_step_s, None
                 examples, tic = 0.0, time.perf_counter()
                 _log(fh, writer, m)
                 bar.set_postfix(loss=f"{m['loss']:.4f}", remaining=f"{m['remaining_weights']:.3f}",

@@ -75,6 +75,11 @@ def test_run_directory_export_and_counts(runs, method, shared_data):
     lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
     assert [l["step"] for l in lines if "loss" in l] == [1, 2, 3, 4]
     assert all(np.isfinite(l["loss"]) for l in lines if "loss" in l)
+    # the first step's time (with compilation) is logged once, apart from the throughput
+    train_lines = [l for l in lines if "loss" in l]
+    assert train_lines[0]["first_step_s"] > 0
+    assert not any("first_step_s" in l for l in train_lines[1:])
+    assert all(l["examples_per_s"] > 0 for l in train_lines)
 
     # transformers' PyTorch BERT on the exported directory reproduces the accuracy
     acc, model = torch_accuracy(d / "export", shared_data)
