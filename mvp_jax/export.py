@@ -39,6 +39,7 @@ import numpy as np
 from flax import traverse_util
 
 from .masking import DEFAULT_PRUNABLE, prunable_paths
+from .matrices import tally
 from .models import build_module, flax_to_hf_state_dict, param_shapes, resolve_model_path
 
 FORMAT, VERSION = "mvp-jax-compressed", 1
@@ -180,17 +181,6 @@ def export_hf(
 # Remaining-weight counts
 # ----------------------------------------------------------------------------------------------
 
-_LAYER = re.compile(r"layer/(\d+)/(.+)/kernel$")
-_SHORT = {
-    "attention/self/query": "query",
-    "attention/self/key": "key",
-    "attention/self/value": "value",
-    "attention/output/dense": "attn_out",
-    "intermediate/dense": "ffn_in",
-    "output/dense": "ffn_out",
-}
-
-
 def count_remaining(params: Any, patterns: Iterable[str] = DEFAULT_PRUNABLE) -> dict:
     """Non-zeros of the prunable matrices: ``{"matrices": {path: {"remaining", "total"}},
     "remaining": sum nnz, "total": sum size, "fraction": remaining / total}`` (JSON-ready).
@@ -211,32 +201,19 @@ def count_remaining(params: Any, patterns: Iterable[str] = DEFAULT_PRUNABLE) -> 
 
 def format_counts(counts: dict) -> str:
     """Text table of remaining percentages: one row per layer, one column per matrix type."""
-    rows: dict[str, dict[str, list[int]]] = {}
-    columns: list[str] = []
-    for path, c in counts["matrices"].items():
-        m = _LAYER.search(path)
-        row, col = (m.group(1), _SHORT.get(m.group(2), m.group(2))) if m else (path, "matrix")
-        if col not in columns:
-            columns.append(col)
-        cell = rows.setdefault(row, {}).setdefault(col, [0, 0])
-        cell[0] += c["remaining"]
-        cell[1] += c["total"]
-
-    order = list(_SHORT.values())
-    columns.sort(key=lambda c: order.index(c) if c in order else len(order))
-    rows = dict(sorted(rows.items(), key=lambda kv: (not kv[0].isdigit(),
-                                                     int(kv[0]) if kv[0].isdigit() else kv[0])))
+    layers, columns, cells = tally(counts)
 
     def pct(r, t):
         return f"{100.0 * r / t:.1f}%" if t else "-"
 
-    width = max([5] + [len(r) for r in rows])
+    width = max([5] + [len(r) for r in layers])
     head = [f"{'layer':<{width}}"] + [f"{c:>9}" for c in columns] + [f"{'all':>9}"]
     lines = [" ".join(head)]
-    for row, cells in rows.items():
-        r, t = sum(v[0] for v in cells.values()), sum(v[1] for v in cells.values())
-        lines.append(" ".join([f"{row:<{width}}"]
-                              + [f"{pct(*cells[c]) if c in cells else '-':>9}" for c in columns]
+    for layer in layers:
+        row = {c: cells[(layer, c)] for c in columns if (layer, c) in cells}
+        r, t = sum(v[0] for v in row.values()), sum(v[1] for v in row.values())
+        lines.append(" ".join([f"{layer:<{width}}"]
+                              + [f"{pct(*row[c]) if c in row else '-':>9}" for c in columns]
                               + [f"{pct(r, t):>9}"]))
     lines.append(f"remaining {counts['remaining']:,} / {counts['total']:,} prunable weights "
                  f"({100.0 * counts['fraction']:.2f}%) in {len(counts['matrices'])} matrices")

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from mvp_jax.matrices import matrix_label, tally
+
 __all__ = [
     "RunWeights",
     "checkpoint_steps",
@@ -52,27 +54,6 @@ __all__ = [
 
 KEPT_COLORS = ("tab:blue", "tab:red", "tab:green", "tab:purple")
 PRUNED_COLOR = "0.72"
-
-# Encoder matrix types, in the order of ``mvp_jax.export.format_counts``.
-MATRIX_TYPES = {
-    "attention/self/query": "query",
-    "attention/self/key": "key",
-    "attention/self/value": "value",
-    "attention/output/dense": "attn_out",
-    "intermediate/dense": "ffn_in",
-    "output/dense": "ffn_out",
-}
-_LAYER = re.compile(r"layer/(\d+)/(.+)/kernel$")
-
-
-def matrix_label(path: str) -> tuple[str, str]:
-    """``(layer, type)`` of a prunable kernel path, e.g. ``("3", "ffn_in")``; other paths give
-    ``(path, "matrix")``."""
-    m = _LAYER.search(path)
-    if not m:
-        return path, "matrix"
-    return m.group(1), MATRIX_TYPES.get(m.group(2), m.group(2))
-
 
 def _layer_of(path: str) -> str:
     return matrix_label(path)[0]
@@ -301,19 +282,7 @@ def kept_per_layer(history: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.
 def remaining_grid(counts: Mapping) -> tuple[list[str], list[str], np.ndarray]:
     """``(layers, types, fraction[layer, type])`` from a ``count_remaining`` dict (NaN where a
     layer has no matrix of that type)."""
-    cells: dict[tuple[str, str], list[int]] = {}
-    layers: list[str] = []
-    types: list[str] = []
-    for path, c in counts["matrices"].items():
-        layer, kind = matrix_label(path)
-        layers += [layer] if layer not in layers else []
-        types += [kind] if kind not in types else []
-        cell = cells.setdefault((layer, kind), [0, 0])
-        cell[0] += int(c["remaining"])
-        cell[1] += int(c["total"])
-    order = list(MATRIX_TYPES.values())
-    types.sort(key=lambda t: order.index(t) if t in order else len(order))
-    layers.sort(key=lambda x: (not x.isdigit(), int(x) if x.isdigit() else x))
+    layers, types, cells = tally(counts)
     grid = np.full((len(layers), len(types)), np.nan)
     for (layer, kind), (r, t) in cells.items():
         grid[layers.index(layer), types.index(kind)] = r / t if t else np.nan

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mvp_jax import plots
+from mvp_jax.matrices import MATRIX_TYPES
 
 PATHS = [f"bert/encoder/layer/{i}/{m}/kernel" for i in range(2)
          for m in ("attention/self/query", "intermediate/dense")]
@@ -92,7 +93,7 @@ def test_mask_flips_overlap_kept_per_layer():
 
 def counts_for(fractions):
     """A count_remaining-style dict, {layer: {short type: fraction}} -> matrices."""
-    long = {v: k for k, v in plots.MATRIX_TYPES.items()}
+    long = {v: k for k, v in MATRIX_TYPES.items()}
     matrices = {}
     for layer, row in fractions.items():
         for kind, f in row.items():
