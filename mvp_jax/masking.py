@@ -73,10 +73,15 @@ def radix_bits() -> int:
     return 1 if jax.default_backend() == "cpu" else 4
 
 
-@partial(jax.jit, static_argnames="bits")
-def _kth_key(leaves: Sequence[jax.Array], k, bits: int | None = None) -> jax.Array:
-    """Largest uint32 ``t`` with ``#{key >= t} >= k``, i.e. the k-th largest order key
-    (1-indexed) over all ``leaves`` (float arrays of any shape) together.
+def _count_at_least(leaves: Sequence[jax.Array], key) -> jax.Array:
+    """``#{x : order_key(x) >= key}`` over every leaf (keys recomputed, never stored), int32."""
+    return sum(jnp.sum(_order_keys(x) >= key, dtype=jnp.int32) for x in leaves)
+
+
+def _kth_key_and_count(leaves: Sequence[jax.Array], k, bits: int | None = None):
+    """``(t, #{key >= t})``: the largest uint32 ``t`` with ``#{key >= t} >= k``, i.e. the k-th
+    largest order key (1-indexed) over all ``leaves`` (float arrays of any shape) together, and
+    the count at it (kept from the search, no extra pass).
 
     Built from the most significant bits down, ``bits`` at a time (default ``radix_bits()``):
     ``32 / bits`` rounds, each one fused pass over every leaf counting ``key(x) >= candidate``
@@ -89,24 +94,34 @@ def _kth_key(leaves: Sequence[jax.Array], k, bits: int | None = None) -> jax.Arr
     if bits not in (1, 2, 4, 8):
         raise ValueError(f"bits={bits} must be 1, 2, 4 or 8")
     k = jnp.asarray(k, jnp.int32)
+    total = jnp.int32(sum(int(np.size(x)) for x in leaves))  # every key is >= 0
 
     if bits == 1:
-        def round_(i, result):
+        def round_(i, state):
+            result, count = state
             candidate = result | (jnp.uint32(1) << (jnp.uint32(31) - i.astype(jnp.uint32)))
-            count = sum(jnp.sum(_order_keys(x) >= candidate, dtype=jnp.int32) for x in leaves)
-            return jnp.where(count >= k, candidate, result)
+            c = _count_at_least(leaves, candidate)
+            return jnp.where(c >= k, candidate, result), jnp.where(c >= k, c, count)
     else:
         digits = jnp.arange(1, 2 ** bits, dtype=jnp.uint32)
 
-        def round_(i, result):
+        def round_(i, state):
+            result, count = state
             shift = jnp.uint32(32 - bits) - i.astype(jnp.uint32) * jnp.uint32(bits)
             candidates = result | (digits << shift)  # increasing; counts decrease
             counts = sum(jnp.sum(_order_keys(x)[..., None] >= candidates,
                                  axis=tuple(range(x.ndim)), dtype=jnp.int32) for x in leaves)
             digit = jnp.sum(counts >= k, dtype=jnp.uint32)  # the largest candidate still >= k
-            return result | (digit << shift)
+            count = jnp.where(digit > 0, counts[jnp.maximum(digit, 1) - 1], count)
+            return result | (digit << shift), count
 
-    return jax.lax.fori_loop(0, 32 // bits, round_, jnp.uint32(0))
+    return jax.lax.fori_loop(0, 32 // bits, round_, (jnp.uint32(0), total))
+
+
+@partial(jax.jit, static_argnames="bits")
+def _kth_key(leaves: Sequence[jax.Array], k, bits: int | None = None) -> jax.Array:
+    """The k-th largest order key over all ``leaves`` together (``_kth_key_and_count``)."""
+    return _kth_key_and_count(leaves, k, bits)[0]
 
 
 def kth_largest(x: PyTree, k) -> jax.Array:
@@ -143,8 +158,9 @@ def _rows(x: jax.Array) -> jax.Array:
     return x.reshape(1, -1) if x.ndim < 2 else x.reshape(-1, x.shape[-1])
 
 
-def _split_ties(keys: Sequence[jax.Array], t, ties_left) -> list[jax.Array]:
-    """Which entries equal to ``t`` to keep: the first ``ties_left`` in the order (leaf, then
+def _split_ties(keys: Sequence[jax.Array], t, k, n_at_least) -> list[jax.Array]:
+    """Which entries equal to ``t`` to keep so that ``k`` are kept in all, given
+    ``n_at_least = #{key >= t}``: the first ``k - #{key > t}`` ties in the order (leaf, then
     row-major position), per leaf as ``[rows, cols]`` booleans.
 
     Counts only, no flattening or sorting: one pass counts the ties of every row; an exclusive
@@ -155,6 +171,7 @@ def _split_ties(keys: Sequence[jax.Array], t, ties_left) -> list[jax.Array]:
     tied = [_rows(key) == t for key in keys]
     per_row = [jnp.sum(tie, axis=1, dtype=jnp.int32) for tie in tied]
     all_rows = jnp.concatenate(per_row)
+    ties_left = k - (n_at_least - jnp.sum(all_rows))  # k minus the entries above t
     before = jnp.cumsum(all_rows) - all_rows  # ties in the rows before each row
     take = jnp.clip(ties_left - before, 0, all_rows)  # ties kept in each row
     partial = (take > 0) & (take < all_rows)  # at most one row
@@ -183,13 +200,11 @@ def _topk_binarize_leaves(leaves: Sequence[jax.Array], k) -> list[jax.Array]:
     """
     k = jnp.asarray(k, jnp.int32)
     leaves = [jnp.asarray(leaf) for leaf in leaves]
-    t = _kth_key(leaves, jnp.maximum(k, 1))
+    t, n_at_least = _kth_key_and_count(leaves, jnp.maximum(k, 1))
     keys = [_order_keys(leaf) for leaf in leaves]
-    n_at_least = sum(jnp.sum(key >= t, dtype=jnp.int32) for key in keys)
 
     def split():
-        n_above = sum(jnp.sum(key > t, dtype=jnp.int32) for key in keys)
-        ties = _split_ties(keys, t, k - n_above)
+        ties = _split_ties(keys, t, k, n_at_least)
         return [((key > t) | tie.reshape(key.shape)) for key, tie in zip(keys, ties)]
 
     # every tie kept (the usual case for learned scores): no split needed

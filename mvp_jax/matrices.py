@@ -30,6 +30,11 @@ def matrix_label(path: str) -> tuple[str, str]:
     return m.group(1), MATRIX_TYPES.get(m.group(2), m.group(2))
 
 
+def layer_order(layer: str) -> tuple:
+    """Sort key of layer names: ``"2" < "10"``, non-numeric names last."""
+    return (not layer.isdigit(), int(layer) if layer.isdigit() else 0, layer)
+
+
 def tally(counts: Mapping) -> tuple[list[str], list[str], dict[tuple[str, str], tuple[int, int]]]:
     """``(layers, types, {(layer, type): (remaining, total)})`` from a ``count_remaining`` dict;
     layers in numeric order (other names last), types in ``MATRIX_TYPES`` order."""
@@ -39,8 +44,7 @@ def tally(counts: Mapping) -> tuple[list[str], list[str], dict[tuple[str, str], 
         r, t = cells.get(key, (0, 0))
         cells[key] = (r + int(c["remaining"]), t + int(c["total"]))
     order = list(MATRIX_TYPES.values())
-    layers = sorted({layer for layer, _ in cells},
-                    key=lambda x: (not x.isdigit(), int(x) if x.isdigit() else x))
+    layers = sorted({layer for layer, _ in cells}, key=layer_order)
     types = sorted({kind for _, kind in cells},
                    key=lambda k: (order.index(k) if k in order else len(order), k))
     return layers, types, cells

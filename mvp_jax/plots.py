@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mvp_jax.matrices import matrix_label, tally
+from mvp_jax.matrices import layer_order, matrix_label, tally
 
 __all__ = [
     "RunWeights",
@@ -240,8 +240,7 @@ def _per_layer(masks: Mapping[str, np.ndarray]) -> dict[str, list[str]]:
     layers: dict[str, list[str]] = {}
     for path in masks:
         layers.setdefault(_layer_of(path), []).append(path)
-    return dict(sorted(layers.items(), key=lambda kv: (not kv[0].isdigit(),
-                                                       int(kv[0]) if kv[0].isdigit() else kv[0])))
+    return {layer: layers[layer] for layer in sorted(layers, key=layer_order)}
 
 
 def mask_flips(history: Sequence[Mapping[str, np.ndarray]], by_layer: bool = False):

@@ -155,8 +155,8 @@ def load_setup(cfg) -> Setup:
         if perm is not None:  # the teacher's outputs in the task's label order
             teacher = teacher._replace(params=permute_classifier(teacher.params, perm))
             if jax.process_index() == 0:
-                print(f"note: the teacher's labels {[teacher.config.id2label[i] for i in range(len(perm))]}"
-                      f" are reordered to the task's {list(spec.label_names)}", file=sys.stderr)
+                print(f"note: the teacher's labels {list(teacher.config.id2label.values())} are "
+                      f"reordered to the task's {list(spec.label_names)}", file=sys.stderr)
     tokenizer = load_tokenizer(pre.path)
     task = data.load_task(spec.name, tokenizer, data_dir=cfg.task.data_dir, max_seq_length=max_len,
                           doc_stride=cfg.task.doc_stride,
@@ -198,11 +198,6 @@ def _log(fh, writer, record: dict) -> None:
 
 def _flatten_metrics(prefix: str, metrics: dict) -> dict:
     return {f"{prefix}/{split}/{k}": v for split, m in metrics.items() for k, v in m.items()}
-
-
-def final_masked_params(params, scores, pruning: Pruning):
-    """Params with the final deterministic masks applied (the model that gets exported)."""
-    return masking.multiply_masks(params, pruning.final_masks(params, scores))
 
 
 def make_run_mesh(cfg):

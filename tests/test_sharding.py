@@ -355,6 +355,9 @@ def test_kth_key_every_radix_is_exact_and_sharded(bits):
         key = masking._kth_key(placed, k, bits=bits)
         got = np.asarray(masking._from_order_key(key))
         assert got.view(np.uint32) == flat[-k].view(np.uint32), (k, got, flat[-k])
+        # the count carried out of the search is the count at the k-th key
+        _, count = jax.jit(masking._kth_key_and_count, static_argnums=2)(placed, k, bits)
+        assert int(count) == int(np.sum(order >= np.asarray(key))), (k, int(count))
 
 
 @pytest.mark.parametrize("mesh_shape", [(2, 4), (4, 2)])
