@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from mvp_jax import masking, regularizers
-from mvp_jax.optim import make_optimizer, param_labels
+from mvp_jax.optim import (bias_correction, linear_warmup_decay, make_optimizer, param_labels,
+                           reference_adamw)
 from mvp_jax.schedules import regularization_lambda, threshold_schedule
 
 SCHED = dict(total_steps=1000, warmup_steps=100, initial_threshold=1.0, final_threshold=0.15,
@@ -96,14 +97,16 @@ def test_param_labels():
     assert labels["scores"]["bert"]["encoder"]["layer"]["0"]["intermediate"]["dense"]["kernel"] == "scores"
 
 
-def test_optimizer_groups_learning_rates_and_decay():
+@pytest.mark.parametrize("optimizer", ["reference_adamw", "adamw"])
+def test_optimizer_groups_learning_rates_and_decay(optimizer):
     """With zero gradients, Adam's step is 0, so the only change is decoupled weight decay:
     ``w <- w - lr * wd * w`` for the decay group only; frozen and no-decay leaves stay put.
     With unit gradients, Adam's first step is ``-lr`` per coordinate (bias-corrected m/sqrt(v) = 1),
-    which reads off each group's learning rate."""
+    which reads off each group's learning rate; the decay then applies to the old weight
+    (optax.adamw) or to the updated one (the reference's AdamW)."""
     t = tree()
     opt = make_optimizer(learning_rate=1e-3, scores_learning_rate=1e-2, total_steps=100,
-                         warmup_steps=0, weight_decay=0.1, max_grad_norm=None)
+                         warmup_steps=0, weight_decay=0.1, max_grad_norm=None, optimizer=optimizer)
     state = opt.tx.init(t)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, t)
     upd, _ = opt.tx.update(zeros, state, t)
@@ -121,7 +124,9 @@ def test_optimizer_groups_learning_rates_and_decay():
     np.testing.assert_allclose(sc, -1e-2, rtol=1e-4)
     lay = upd["params"]["bert"]["encoder"]["layer"]["0"]
     np.testing.assert_allclose(lay["intermediate"]["dense"]["bias"], -1e-3, rtol=1e-4)
-    np.testing.assert_allclose(lay["intermediate"]["dense"]["kernel"], -1e-3 - 1e-4, rtol=1e-4)
+    decayed = 1.0 if optimizer == "adamw" else 1.0 - 1e-3  # w = 1, or w - lr = 1 - 1e-3
+    np.testing.assert_allclose(lay["intermediate"]["dense"]["kernel"], -1e-3 - 1e-4 * decayed,
+                               rtol=1e-5)
     lrs = opt.learning_rates(0)
     assert float(lrs["lr_weights"]) == pytest.approx(1e-3) and float(lrs["lr_scores"]) == pytest.approx(1e-2)
     assert float(opt.learning_rates(50)["lr_scores"]) == pytest.approx(5e-3)
@@ -132,6 +137,81 @@ def test_warmup_and_clipping():
     assert [round(float(opt.weights_lr(s)), 4) for s in (0, 2, 4, 7, 10)] == [0.0, 0.5, 1.0, 0.5, 0.0]
     with pytest.raises(ValueError, match="learning_rate"):
         make_optimizer(learning_rate=0.0, total_steps=10)
+
+
+def reference_adamw_float64(p, grads, lrs, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
+    """transformers' AdamW (2020, correct_bias=True) in numpy float64: params after each step."""
+    m, v, out = np.zeros_like(p), np.zeros_like(p), []
+    for t, (g, lr) in enumerate(zip(grads, lrs), start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (np.sqrt(v) + eps)
+        p = p - lr * wd * p
+        out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_reference_adamw_matches_a_float64_transcription(wd):
+    """30 steps under a warm-up/decay schedule, gradients from 1e-9 (where eps dominates) to 1e2:
+    float32 within float32 rounding of the float64 rule; optax.adamw is far off on the same
+    inputs (eps outside the bias correction, decay of the old weight)."""
+    rng = np.random.default_rng(0)
+    steps, n = 30, 64
+    p0 = rng.normal(size=n)
+    scale = 10.0 ** rng.uniform(-9, 2, size=n)  # per coordinate
+    grads = [rng.normal(size=n) * scale for _ in range(steps)]
+    lrs = [1e-2 * min(s / 5, (steps - s) / (steps - 5)) for s in range(steps)]  # at count t - 1
+    expected = reference_adamw_float64(p0, grads, lrs, wd=wd)
+
+    def run(tx):
+        p = jnp.asarray(p0, jnp.float32)
+        state, out = tx.init(p), []
+        update = jax.jit(tx.update)
+        for g in grads:
+            u, state = update(jnp.asarray(g, jnp.float32), state, p)
+            p = optax.apply_updates(p, u)
+            out.append(np.asarray(p, np.float64))
+        return out
+
+    schedule = linear_warmup_decay(1e-2, 5, steps)
+    for got, want in zip(run(reference_adamw(schedule, eps=1e-8, weight_decay=wd)), expected):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    optax_run = run(optax.adamw(schedule, eps=1e-8, weight_decay=wd))
+    assert np.max(np.abs(optax_run[-1] - expected[-1])) > 1e-3
+
+
+def test_bias_correction_is_float64_accurate():
+    t = np.arange(1, 200_001)
+    for b in (0.9, 0.98, 0.999, 0.9999):
+        exact = -np.expm1(t * np.log(b))  # float64
+        got = np.asarray(jax.jit(bias_correction, static_argnums=0)(b, t.astype(np.int32)))
+        assert np.max(np.abs(got / exact - 1)) < 4e-7, b
+    naive = 1 - np.float32(0.999) ** t[:10].astype(np.float32)  # float32 1 - b^t: 2e-5 off
+    assert np.max(np.abs(naive / -np.expm1(t[:10] * np.log(0.999)) - 1)) > 1e-5
+
+
+def test_frozen_leaves_are_split_off_have_no_state_and_no_update():
+    t = tree()
+    opt = make_optimizer(learning_rate=1e-3, total_steps=10, weight_decay=0.1)
+    trainable, frozen = opt.split(t)
+    embedding = t["params"]["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    assert jax.tree_util.tree_leaves(frozen) == [embedding]
+    assert len(jax.tree_util.tree_leaves(trainable)) == len(jax.tree_util.tree_leaves(t)) - 1
+    merged = opt.merge(trainable, frozen)
+    assert jax.tree_util.tree_structure(merged) == jax.tree_util.tree_structure(t)
+    assert all(a is b for a, b in zip(jax.tree_util.tree_leaves(merged), jax.tree_util.tree_leaves(t)))
+    state = opt.tx.init(t)  # the whole tree, as init_state does: no moments for frozen leaves
+    assert not any(np.shape(x) == embedding.shape for x in jax.tree_util.tree_leaves(state))
+    grads = jax.tree_util.tree_map(jnp.ones_like, trainable)  # MaskedNode where frozen
+    upd, _ = jax.jit(opt.tx.update)(grads, state, trainable)
+    assert jax.tree_util.tree_structure(upd) == jax.tree_util.tree_structure(trainable)
+    new = opt.merge(optax.apply_updates(trainable, upd), frozen)
+    assert new["params"]["bert"]["embeddings"]["word_embeddings"]["embedding"] is embedding
+    layer = new["params"]["bert"]["encoder"]["layer"]["0"]["intermediate"]["dense"]["kernel"]
+    assert np.all(np.asarray(layer) < 1.0)
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'; choose one of reference_adamw, adamw"):
+        make_optimizer(learning_rate=1e-3, total_steps=10, optimizer="sgd")
 
 
 class MLP(nn.Module):
