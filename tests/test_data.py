@@ -355,6 +355,27 @@ def test_batches_order_per_epoch_and_resume():
     assert list(D.batches({"a": np.zeros((0, 3))}, 4)) == []
 
 
+def test_bucketed_batches_of_tokenised_pairs_cut_only_padding(tok):
+    """RTE sentence pairs (two segments): each bucketed batch keeps every real token of every
+    row; what is cut is the tokenizer's padding (pad id, mask 0, segment 0)."""
+    td = D.load_task("rte", tok, data_dir=SHARED, max_train_samples=64, seed=0, with_eval=False)
+    train = dict(td.train, row=np.arange(64))
+    lengths = D.sequence_lengths(train["attention_mask"])
+    np.testing.assert_array_equal(lengths, train["attention_mask"].sum(1))  # right padding
+    seen, used = [], set()
+    for b in D.batches(train, 16, seed=0, epoch=0, bucket_lengths=[32, 64], mega_batch=4):
+        Lb, rows = b["input_ids"].shape[1], b["row"][b["example_weight"] > 0]
+        assert Lb in (32, 64, L) and lengths[rows].max() <= Lb
+        used.add(Lb)
+        seen += rows.tolist()
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            np.testing.assert_array_equal(b[key], train[key][b["row"], :Lb])
+        assert (train["input_ids"][rows, Lb:] == tok.pad_token_id).all()
+        assert not train["attention_mask"][rows, Lb:].any()
+        assert not train["token_type_ids"][rows, Lb:].any()
+    assert sorted(seen) == list(range(64)) and len(used) > 1
+
+
 # --------------------------------------------------------------------------- metrics
 
 

@@ -1,4 +1,5 @@
-"""GLUE and SQuAD v1.1 pipelines (Hugging Face `datasets`), fixed-shape batching and metrics.
+"""GLUE and SQuAD v1.1 pipelines (Hugging Face `datasets`), fixed-shape or length-bucketed
+batching, and metrics.
 
     spec = get_task("sst2")
     data = load_task("sst2", tokenizer, data_dir="../shared/data/glue")   # None: from the hub
@@ -6,7 +7,8 @@
     scores = evaluate(spec, data.evals["validation"], logits)
 """
 
-from .batching import batches, epoch_permutation, num_batches
+from .batching import (SEQUENCE_KEYS, batch_plan, batches, bucket_length, epoch_permutation,
+                       num_batches, resolve_buckets, sequence_lengths, take_batch)
 from .glue import read_glue_tsv, tokenize_glue
 from .loading import EvalSet, TaskData, find_local_file, load_raw, load_task
 from .metrics import accuracy, binary_f1, evaluate, matthews_corrcoef, pearson, spearman
@@ -18,7 +20,8 @@ __all__ = [
     "TASKS", "TaskSpec", "DataError", "get_task",
     "TaskData", "EvalSet", "load_task", "load_raw", "find_local_file",
     "read_glue_tsv", "tokenize_glue", "read_squad_json", "squad_features",
-    "batches", "num_batches", "epoch_permutation",
+    "batches", "num_batches", "epoch_permutation", "batch_plan", "take_batch",
+    "sequence_lengths", "resolve_buckets", "bucket_length", "SEQUENCE_KEYS",
     "evaluate", "accuracy", "binary_f1", "matthews_corrcoef", "pearson", "spearman",
     "postprocess_qa", "squad_metrics", "normalize_answer", "f1_score", "exact_match_score",
 ]
