@@ -39,10 +39,12 @@ __all__ = [
 
 # Kept equal to masking.METHODS / masking.SCORE_INITS / regularizers.REGULARIZATIONS (tested);
 # repeated here so that reading a config does not import JAX.
-METHODS = ("none", "magnitude", "topk", "sigmoied_threshold", "l0")
-MASK_INITS = ("constant", "uniform", "kaiming")
+METHODS = ("none", "magnitude", "topk", "sigmoied_threshold", "l0", "random")
+MASK_INITS = ("constant", "uniform", "kaiming", "magnitude")
 REGULARIZATIONS = ("l1", "l0")
 DTYPES = ("float32", "bfloat16")
+RNG_IMPLS = ("threefry", "rbg", "unsafe_rbg")  # = train.RNG_IMPLS (tested)
+OPTIMIZERS = ("reference_adamw", "adamw")  # = optim.OPTIMIZERS (tested)
 
 
 class ConfigError(ValueError):
@@ -109,12 +111,14 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{path} must be a string, got {_describe(value)}")
         return value
-    if typing.get_origin(tp) is tuple:  # tuple[str, ...]
+    if typing.get_origin(tp) is tuple:  # tuple[str, ...] or tuple[int, ...]
+        item_tp = typing.get_args(tp)[0]
+        kind = {str: "strings", int: "integers"}[item_tp]
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} must be a list of strings, got {_describe(value)}")
+            raise ConfigError(f"{path} must be a list of {kind}, got {_describe(value)}")
         for item in value:
-            if not isinstance(item, str):
-                raise ConfigError(f"{path} must be a list of strings, got item {_describe(item)}")
+            if not isinstance(item, item_tp) or isinstance(item, bool):
+                raise ConfigError(f"{path} must be a list of {kind}, got item {_describe(item)}")
         return tuple(value)
     raise TypeError(f"unsupported config annotation {tp!r} for {path}")  # programming error
 
@@ -219,13 +223,15 @@ class PruneConfig(_Section):
 
     SECTION: typing.ClassVar[str] = "prune"
 
-    method: str = "topk"  # none | magnitude | topk (movement) | sigmoied_threshold (soft) | l0
+    # none | magnitude | topk (movement) | sigmoied_threshold (soft) | l0 | random (control:
+    # Top-v of fixed random scores)
+    method: str = "topk"
     global_topk: bool = False  # one Top-v over all prunable matrices (topk, magnitude)
     initial_threshold: float = 1.0
     final_threshold: float = 0.15
     initial_warmup: float = 1.0  # threshold held at initial for initial_warmup * train.warmup_steps
     final_warmup: float = 2.0  # threshold held at final for the last final_warmup * warmup_steps
-    mask_init: str = "constant"  # scores init: constant | uniform | kaiming
+    mask_init: str = "constant"  # scores init: constant | uniform | kaiming | magnitude
     mask_scale: float = 0.0  # constant value / uniform half-width (ignored by kaiming)
     regularization: str | None = None  # null | l1 (soft movement) | l0 (L0 regularization)
     final_lambda: float = 0.0  # penalty weight at the end of the schedule
@@ -245,7 +251,7 @@ class PruneConfig(_Section):
                  f"prune.global_topk_frequency must be >= 1, got {self.global_topk_frequency}")
         for name in ("initial_threshold", "final_threshold"):
             t = getattr(self, name)
-            if m in ("topk", "magnitude"):
+            if m in ("topk", "magnitude", "random"):
                 _require(0.0 < t <= 1.0,
                          f"prune.{name} is the fraction of weights kept by {m} and must be in "
                          f"(0, 1], got {t}")
@@ -261,8 +267,8 @@ class PruneConfig(_Section):
                              f"threshold / final_threshold) and must be "
                              f"{'> 0' if name == 'final_threshold' else '>= 0'}, got {t}")
         if self.global_topk:
-            _require(m in ("topk", "magnitude"),
-                     f"prune.global_topk applies to methods topk and magnitude, not {m!r}")
+            _require(m in ("topk", "magnitude", "random"),
+                     f"prune.global_topk applies to methods topk, magnitude and random, not {m!r}")
         # The reference code accepts any combination and silently computes a meaningless or
         # missing penalty; these are the combinations of its README (Sanh et al. 2020).
         reg = self.regularization
@@ -308,8 +314,14 @@ class TrainConfig(_Section):
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0  # global-norm clipping over weights and scores; 0 = no clipping
     adam_epsilon: float = 1e-8
+    # reference_adamw: transformers' AdamW of 2020 as the paper's code; adamw: optax.adamw
+    optimizer: str = "reference_adamw"
     gradient_accumulation_steps: int = 1
     seed: int = 42
+    # dropout / L0 sampling keys: threefry (the same bits on every backend and mesh) | rbg |
+    # unsafe_rbg (XLA's RngBitGenerator: faster on TPU/GPU, slower on the CPU, bits depend on
+    # the backend); resume is exact with either
+    rng_impl: str = "threefry"
     freeze_embeddings: bool = True
     eval_every: int = 0  # steps; 0 = only at the end
     save_every: int = 0  # steps; 0 = only at the end
@@ -331,22 +343,40 @@ class TrainConfig(_Section):
                  f"train.max_steps must be >= 1 (or null), got {self.max_steps}")
         _require(self.eval_batch_size is None or self.eval_batch_size >= 1,
                  f"train.eval_batch_size must be >= 1 (or null), got {self.eval_batch_size}")
+        _choice("train.rng_impl", self.rng_impl, RNG_IMPLS)
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
 
 
 @dataclass(frozen=True)
 class DataConfig(_Section):
-    """Subsampling of the datasets (quick runs, tests)."""
+    """Subsampling of the datasets (quick runs, tests) and length-bucketed batches."""
 
     SECTION: typing.ClassVar[str] = "data"
 
     max_train_samples: int | None = None  # null = all
     max_eval_samples: int | None = None  # null = all
+    # Length buckets: each batch is cut to the smallest of these lengths that holds its longest
+    # sequence (at most len(buckets) compiled shapes); training batches group examples of
+    # similar length (see data.batching). null = every batch padded to task.max_seq_length.
+    # task.max_seq_length is always a bucket (appended when missing). Classification and
+    # regression tasks only (SQuAD keeps fixed-length windows).
+    bucket_lengths: tuple[int, ...] | None = None
+    bucket_mega_batch: int = 50  # steps' worth of examples sorted by length together
 
     def _check(self) -> None:
         for name in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             _require(value is None or value >= 1,
                      f"data.{name} must be >= 1 (or null), got {value}")
+        b = self.bucket_lengths
+        if b is not None:
+            _require(len(b) > 0, "data.bucket_lengths must not be empty (use null for no "
+                                 "bucketing)")
+            _require(min(b) >= 1, f"data.bucket_lengths must be >= 1, got {list(b)}")
+            _require(all(x < y for x, y in zip(b, b[1:])),
+                     f"data.bucket_lengths must be strictly increasing, got {list(b)}")
+        _require(self.bucket_mega_batch >= 1,
+                 f"data.bucket_mega_batch must be >= 1, got {self.bucket_mega_batch}")
 
 
 @dataclass(frozen=True)
@@ -415,11 +445,20 @@ class Config:
                                   f"got {type(value).__name__}")
         # Cross-section: the cubic schedule needs a non-empty window between the warm-ups.
         p, t = self.prune, self.train
-        if p.method in ("topk", "magnitude", "sigmoied_threshold") and t.max_steps is not None:
+        if p.method in ("topk", "magnitude", "random", "sigmoied_threshold") and t.max_steps is not None:
             held = (p.initial_warmup + p.final_warmup) * t.warmup_steps
             _require(held < t.max_steps,
                      f"(prune.initial_warmup + prune.final_warmup) * train.warmup_steps = {held:g} "
                      f"leaves no pruning steps within train.max_steps = {t.max_steps}")
+        buckets, task = self.data.bucket_lengths, self.task
+        if buckets is not None:
+            _require(not task.name.startswith("squad"),
+                     f"data.bucket_lengths applies to classification and regression tasks, not "
+                     f"{task.name} (its loss and answer search read every position of a window); "
+                     f"use null")
+            _require(task.max_seq_length is None or buckets[-1] <= task.max_seq_length,
+                     f"data.bucket_lengths must be <= task.max_seq_length "
+                     f"({task.max_seq_length}), got {list(buckets)}")
 
     def replace(self, **changes: Any) -> Config:
         """A validated copy with whole sections replaced, e.g. ``cfg.replace(train=...)``."""

@@ -25,7 +25,7 @@ def evaluate_model_dir(model_dir: str, task: str, *, data_dir=None, max_eval_sam
     task_data = data.load_task(spec.name, load_tokenizer(pre.path), data_dir=data_dir,
                                max_seq_length=max_seq_length, max_eval_samples=max_eval_samples,
                                with_train=False)
-    eval_step = jax.jit(make_eval_step(pre.module, Pruning(method="none")))
+    eval_step = make_eval_step(pre.module, Pruning(method="none")).jit()
     return evaluate_splits(eval_step, pre.params, {}, task_data, batch_size)
 
 
@@ -54,8 +54,9 @@ def restore_run(run_dir: str):
     t = cfg.train
     optimizer = make_optimizer(learning_rate=t.learning_rate, total_steps=1,
                                scores_learning_rate=t.scores_learning_rate,
+                               max_grad_norm=t.max_grad_norm, optimizer=t.optimizer,
                                freeze_embeddings=t.freeze_embeddings)
-    template = init_state(pre.params, scores, optimizer, 0)
+    template = init_state(pre.params, scores, optimizer, 0, rng_impl=t.rng_impl)
     mngr = CheckpointManager(ckpt_dir, keep=t.keep_checkpoints)
     try:
         if mngr.latest_step() is None:

@@ -7,6 +7,8 @@ the same shape and a mask ``M``; the layer computes ``a = (W * M) x``.
 * ``threshold_mask(S, tau)``: ``M = 1[sigmoid(S) > tau]`` (soft movement), never below 0.5%.
 * ``magnitude_mask(W, v)``: ``M = Top_v(|W|)``, no gradient through the mask.
 * ``hard_concrete_mask(S, rng, train)``: the L0 relaxation of Louizos et al. (2017).
+* ``random_scores(W, path)``: fixed pseudo-random scores; ``Top_v`` of them is the random-pruning
+  control (method ``random``: a mask that knows nothing of the weights or the task).
 
 The binary masks use the straight-through estimator (Eq. 2): the backward pass ignores the
 binarizer, so ``dL/dS = dL/dM = dL/d(W*M) * W``.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import zlib
 from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
@@ -31,8 +34,8 @@ from flax import traverse_util
 
 PyTree = Any
 
-METHODS = ("none", "magnitude", "topk", "sigmoied_threshold", "l0")
-SCORE_INITS = ("constant", "uniform", "kaiming")
+METHODS = ("none", "magnitude", "topk", "sigmoied_threshold", "l0", "random")
+SCORE_INITS = ("constant", "uniform", "kaiming", "magnitude")
 
 # Hard-concrete stretch interval (l, r) and temperature beta (Louizos et al. 2017; the paper).
 L0_LEFT, L0_RIGHT, L0_BETA = -0.1, 1.1, 2.0 / 3.0
@@ -284,6 +287,17 @@ def magnitude_mask(weights: PyTree, keep) -> PyTree:
     return jax.lax.stop_gradient(_topk_binarize(magnitudes, _keep_count(keep, _tree_size(weights))))
 
 
+RANDOM_SCORES_SEED = 0
+
+
+def random_scores(weight: jax.Array, path: str) -> jax.Array:
+    """Fixed scores ``U(0, 1)`` for the random-pruning control: the same for every step and run
+    (drawn from ``PRNGKey(RANDOM_SCORES_SEED)`` folded with the CRC-32 of the matrix's path)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(RANDOM_SCORES_SEED),
+                             zlib.crc32(path.encode()) & 0x7FFFFFFF)
+    return jax.random.uniform(key, weight.shape, jnp.float32)
+
+
 def hard_concrete_mask(scores: jax.Array, rng: jax.Array | None, train: bool) -> jax.Array:
     """L0 mask: ``min(1, max(0, s (r - l) + l))`` with ``l=-0.1, r=1.1``.
 
@@ -346,18 +360,24 @@ def init_scores(
     ``constant``: all ``scale``; ``uniform``: U(-scale, scale); ``kaiming``: torch's
     ``kaiming_uniform_(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with the Flax kernel
     layout ``(fan_in, fan_out)``. As in the reference, the scale is ignored by ``kaiming``.
+    ``magnitude`` (not in the paper): ``S0 = scale * |W| / rms(W)`` per matrix, so Top-v of the
+    initial scores is magnitude pruning and the learned movement reorders it from there.
     """
     if init not in SCORE_INITS:
         raise ValueError(f"unknown score init {init!r}; choose one of {', '.join(SCORE_INITS)}")
     flat = _flat(params)
     paths = prunable_paths(params, patterns)
-    if init != "constant" and rng is None:
+    if init in ("uniform", "kaiming") and rng is None:
         raise ValueError(f"score init {init!r} needs a PRNG key")
     scores = {}
     for i, path in enumerate(paths):
         w = flat[path]
         if init == "constant":
             scores[path] = jnp.full(w.shape, scale, jnp.float32)
+            continue
+        if init == "magnitude":
+            w = jnp.abs(jnp.asarray(w, jnp.float32))
+            scores[path] = scale * w / jnp.maximum(jnp.sqrt(jnp.mean(w * w)), 1e-12)
             continue
         key = jax.random.fold_in(rng, i)
         bound = scale if init == "uniform" else 1.0 / math.sqrt(w.shape[0])
@@ -383,9 +403,9 @@ def compute_masks(
 ) -> dict[str, jax.Array]:
     """Masks of the prunable kernels, as a flat ``{path: mask}`` dict.
 
-    ``threshold`` is the kept fraction ``v`` for ``topk`` and ``magnitude``, the sigmoid
+    ``threshold`` is the kept fraction ``v`` for ``topk``, ``magnitude`` and ``random``, the sigmoid
     threshold ``tau`` for ``sigmoied_threshold``, and unused by ``l0``. ``global_topk`` selects
-    one Top_v over all prunable matrices together (``topk`` and ``magnitude``).
+    one Top_v over all prunable matrices together (``topk``, ``magnitude``, ``random``).
     """
     check_method(method)
     flat_params = _flat(params)
@@ -397,6 +417,11 @@ def compute_masks(
         if global_topk:
             return magnitude_mask(weights, threshold)
         return {p: magnitude_mask(w, threshold) for p, w in weights.items()}
+    if method == "random":
+        fixed = {p: random_scores(flat_params[p], p) for p in paths}
+        if global_topk:
+            return jax.lax.stop_gradient(topk_mask(fixed, threshold))
+        return {p: jax.lax.stop_gradient(topk_mask(s, threshold)) for p, s in fixed.items()}
     if scores is None:
         raise ValueError(f"pruning method {method!r} needs scores (see init_scores)")
     flat_scores = _flat(scores)

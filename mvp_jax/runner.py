@@ -107,6 +107,7 @@ class Setup:
     steps_per_epoch: int
     total_steps: int
     pruning: Pruning
+    buckets: tuple[int, ...] | None = None  # length buckets, max_seq_length last; None: fixed
 
 
 def pruning_of(cfg, total_steps: int) -> Pruning:
@@ -129,6 +130,16 @@ def load_setup(cfg) -> Setup:
 
     spec = data.get_task(cfg.task.name)
     head = "qa" if spec.kind == "qa" else "classification"
+    max_len = cfg.task.max_seq_length or spec.max_seq_length
+    buckets = None
+    if cfg.data.bucket_lengths is not None:  # checked here against the task's default length
+        if spec.kind == "qa":
+            raise RunError(f"data.bucket_lengths applies to classification and regression tasks, "
+                           f"not {spec.name}")
+        try:
+            buckets = data.resolve_buckets(cfg.data.bucket_lengths, max_len)
+        except ValueError as e:
+            raise RunError(str(e)) from None
     dtype = DTYPES[cfg.model.dtype]
     pre = load_pretrained(cfg.model.name, head=head, num_labels=spec.num_labels, dtype=dtype,
                           seed=cfg.train.seed)
@@ -137,7 +148,6 @@ def load_setup(cfg) -> Setup:
         rate = float(cfg.model.dropout)
         module = module.clone(spec=dataclasses.replace(
             module.spec, hidden_dropout_prob=rate, attention_probs_dropout_prob=rate))
-    max_len = cfg.task.max_seq_length or spec.max_seq_length
     if max_len > pre.config.max_position_embeddings:
         raise RunError(f"task.max_seq_length={max_len} exceeds the model's "
                        f"{pre.config.max_position_embeddings} position embeddings")
@@ -162,11 +172,13 @@ def load_setup(cfg) -> Setup:
                           doc_stride=cfg.task.doc_stride,
                           max_train_samples=cfg.data.max_train_samples,
                           max_eval_samples=cfg.data.max_eval_samples, seed=cfg.train.seed)
+    # one step = batch_size * accumulation examples; bucketed or not, an epoch has the same
+    # number of steps (only its last batch is partial; data.batching)
     per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
     steps_per_epoch = data.num_batches(len(task.train["input_ids"]), per_step)
     total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     return Setup(cfg, task, module, pre.params, pre.config, pre.path, head, teacher,
-                 steps_per_epoch, int(total), pruning_of(cfg, total))
+                 steps_per_epoch, int(total), pruning_of(cfg, total), buckets)
 
 
 class _Signals:
@@ -246,8 +258,8 @@ def fine_prune(cfg, output_dir: str, *, resume: bool = False, overwrite: bool = 
         learning_rate=t.learning_rate, scores_learning_rate=t.scores_learning_rate,
         total_steps=setup.total_steps, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, adam_epsilon=t.adam_epsilon,
-        freeze_embeddings=t.freeze_embeddings)
-    state = init_state(setup.params, scores, optimizer, t.seed)
+        freeze_embeddings=t.freeze_embeddings, optimizer=t.optimizer)
+    state = init_state(setup.params, scores, optimizer, t.seed, rng_impl=t.rng_impl)
     state = shd.place(state, shd.tree_shardings(state, mesh))
     ckpt = CheckpointManager(os.path.join(output_dir, "checkpoints"), keep=t.keep_checkpoints)
     if resuming and ckpt.latest_step() is not None:
@@ -296,8 +308,11 @@ class _Run:
                                                        micro=False))
 
     def evaluate(self, state):
+        """Every eval split; the masks once (``W * M`` kept in the params' layout), batches
+        bucketed like the training ones."""
         return evaluate_splits(self.eval_step, state.params, state.scores, self.setup.task,
-                               self.eval_batch_size, put=self.put_eval)
+                               self.eval_batch_size, put=self.put_eval,
+                               bucket_lengths=self.setup.buckets)
 
 
 def _check_same_config(cfg, output_dir: str) -> None:
@@ -317,16 +332,25 @@ def _check_same_config(cfg, output_dir: str) -> None:
 
 def _batch_iterator(setup: Setup, start_step: int):
     """Training batches ``[accum, B, ...]`` from global step ``start_step`` on, epoch after epoch;
-    the order depends only on (seed, epoch), so a resumed run sees the same batches."""
+    the order depends only on (seed, epoch), so a resumed run sees the same batches. With length
+    buckets the whole step's ``accum * B`` examples are grouped and cut to one length L."""
     from mvp_jax.data import batches
 
     t = setup.cfg.train
     accum, per_step = t.gradient_accumulation_steps, t.batch_size * t.gradient_accumulation_steps
     epoch, pos = divmod(start_step, setup.steps_per_epoch)
     while True:
-        for batch in batches(setup.task.train, per_step, seed=t.seed, epoch=epoch, start=pos):
+        for batch in batches(setup.task.train, per_step, seed=t.seed, epoch=epoch, start=pos,
+                             bucket_lengths=setup.buckets,
+                             mega_batch=setup.cfg.data.bucket_mega_batch):
             yield {k: v.reshape(accum, t.batch_size, *v.shape[1:]) for k, v in batch.items()}
         epoch, pos = epoch + 1, 0
+
+
+def _real_tokens(attention_mask, example_weight) -> float:
+    """Non-padding tokens of the real rows of a host batch (mask ``[..., B, L]``, weights
+    ``[..., B]``)."""
+    return float(((attention_mask != 0).sum(-1) * (example_weight > 0)).sum())
 
 
 def _loop(run: _Run, state, *, progress, stop_at_step) -> dict:
@@ -346,12 +370,14 @@ def _loop(run: _Run, state, *, progress, stop_at_step) -> dict:
     bar = tqdm(total=setup.total_steps, initial=start, disable=not (progress and run.primary),
                unit="step", dynamic_ncols=True)
     batches = _batch_iterator(setup, start)
-    examples, tic, first_step_s = 0.0, time.perf_counter(), None
+    examples, tokens, tic, first_step_s = 0.0, 0.0, time.perf_counter(), None
     log_path = os.path.join(output_dir, "metrics.jsonl") if run.primary else os.devnull
     with open(log_path, "a") as fh, _Signals() as sig:
         for step in range(start, end):
             batch = next(batches)
-            examples += float(batch["example_weight"].sum())
+            weight = batch["example_weight"]
+            examples += float(weight.sum())
+            tokens += _real_tokens(batch["attention_mask"], weight)
             state, metrics = run.train_step(state, run.put_train(batch), run.teacher_params)
             done = step + 1
             logging_now = done % max(t.log_every, 1) == 0 or done == end
@@ -359,18 +385,19 @@ def _loop(run: _Run, state, *, progress, stop_at_step) -> dict:
                 jax.block_until_ready(state)
                 first_step_s = time.perf_counter() - tic
                 if not logging_now:
-                    examples, tic = 0.0, time.perf_counter()
+                    examples, tokens, tic = 0.0, 0.0, time.perf_counter()
             if logging_now:
                 m = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - tic
                 m.update(step=done, epoch=round(done / setup.steps_per_epoch, 4),
-                         examples_per_s=examples / max(elapsed, 1e-9))
+                         examples_per_s=examples / max(elapsed, 1e-9),
+                         tokens_per_s=tokens / max(elapsed, 1e-9))
                 if first_step_s is not None:  # the first line of this process: with compilation
                     m["first_step_s"], first_step_s = first_step_s, None
-                examples, tic = 0.0, time.perf_counter()
+                examples, tokens, tic = 0.0, 0.0, time.perf_counter()
                 _log(fh, writer, m)
                 bar.set_postfix(loss=f"{m['loss']:.4f}", remaining=f"{m['remaining_weights']:.3f}",
-                                ex_s=f"{m['examples_per_s']:.0f}")
+                                ex_s=f"{m['examples_per_s']:.0f}", tok_s=f"{m['tokens_per_s']:.0f}")
             bar.update(1)
             if t.eval_every and done % t.eval_every == 0 and done != setup.total_steps:
                 evals = run.evaluate(state)

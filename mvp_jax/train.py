@@ -6,7 +6,8 @@ One step, as data (DESIGN.md)::
     masks   = compute_masks(params, scores, method, t, rng)  # straight-through where learned
     logits  = model.apply(params * masks, batch)
     loss    = task_loss [+ distillation] + lam * R(scores)
-    update  = optax(weights AdamW, scores own LR, embeddings frozen)
+    grads   = grad(loss) wrt the trainable leaves only           # frozen embeddings: none
+    update  = optax(clip, weights AdamW, scores own LR)          # the reference's AdamW
 
 Gradient accumulation runs ``accum`` micro-batches through a ``lax.scan`` inside the same step,
 so ``state.step`` counts optimizer updates and the schedules see the same clock as the reference.
@@ -25,12 +26,19 @@ final Top-v.
 
 ``jit_train_step`` / ``jit_eval_step`` compile the steps for a device mesh (``mvp_jax.sharding``):
 state in the layout of the partition rules, batches split on ``"data"``, the state donated.
+Batches may come in a few sequence lengths (length buckets, ``mvp_jax.data.batching``): each
+length compiles once. Evaluation is an ``EvalStep``: ``W * M`` once per evaluation, then the plain
+model per batch.
+
+``TrainState.rng`` is raw uint32 key data of ``TrainState.rng_impl`` (``train.rng_impl``:
+threefry, rbg, unsafe_rbg), so checkpoints and shardings treat it as any array;
+``state.key()`` is the typed key to split.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax
 import jax
@@ -57,8 +65,31 @@ class TrainState:
     params: PyTree
     scores: PyTree  # {} for methods without learned scores
     opt_state: PyTree
-    rng: jax.Array
+    rng: jax.Array  # raw uint32 key data of ``rng_impl`` (checkpointed and placed as any array)
     topk_value: jax.Array  # cached global Top-v value (global_topk_frequency > 1), float32
+    rng_impl: str = flax.struct.field(pytree_node=False, default="threefry")  # see RNG_IMPLS
+
+    def key(self) -> jax.Array:
+        """``rng`` as a typed PRNG key of ``rng_impl`` (split it, then store ``key_data``)."""
+        return prng_key(self.rng, self.rng_impl)
+
+
+# train.rng_impl -> jax's PRNG implementation. threefry: the same bits on every backend and any
+# mesh (jax_threefry_partitionable); rbg / unsafe_rbg: XLA's RngBitGenerator, faster on TPU and
+# GPU but slower than threefry on the CPU (measured), bits depend on the backend and XLA version.
+RNG_IMPLS = {"threefry": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg"}
+
+
+def prng_key(raw: jax.Array, impl: str = "threefry") -> jax.Array:
+    """A typed key of ``impl`` (a ``RNG_IMPLS`` name) from raw uint32 key data."""
+    return jax.random.wrap_key_data(raw, impl=RNG_IMPLS[impl])
+
+
+def raw_key(seed: int, impl: str = "threefry") -> jax.Array:
+    """Raw uint32 key data of ``impl`` for ``seed`` (threefry: ``jax.random.PRNGKey(seed)``)."""
+    if impl not in RNG_IMPLS:
+        raise ValueError(f"unknown rng_impl {impl!r}; choices: {', '.join(RNG_IMPLS)}")
+    return jax.random.key_data(jax.random.key(seed, impl=RNG_IMPLS[impl]))
 
 
 @dataclass(frozen=True)
@@ -191,7 +222,8 @@ def make_train_step(module, kind: str, pruning: Pruning, optimizer: Optimizer, *
     per_micro_masks = pruning.method == "l0"  # a fresh hard-concrete sample per micro-batch
     learned = pruning.method in LEARNED
 
-    def micro_loss(tree, micro, threshold, rng, denom, teacher_params, step_masks):
+    def micro_loss(trainable, frozen, micro, threshold, rng, denom, teacher_params, step_masks):
+        tree = optimizer.merge(trainable, frozen)  # frozen leaves: constants, no gradient
         params, scores = tree["params"], tree["scores"]
         mask_rng, dropout_rng = jax.random.split(rng)
         if per_micro_masks:
@@ -230,8 +262,11 @@ def make_train_step(module, kind: str, pruning: Pruning, optimizer: Optimizer, *
         threshold = pruning.threshold(state.step)
         lam = pruning.lam(threshold)
         tree = {"params": state.params, "scores": state.scores}
+        # differentiate the trainable leaves only: no gradient is computed for frozen ones
+        # (embeddings), which are outside the clipping and grad_norm (optim.Optimizer.split)
+        trainable, frozen = optimizer.split(tree)
         denom = jnp.maximum(jnp.sum(batch["example_weight"]), 1.0)
-        rng, step_rng = jax.random.split(state.rng)
+        rng, step_rng = jax.random.split(state.key())
         accum = batch["input_ids"].shape[0]
         grad_fn = jax.grad(micro_loss, has_aux=True)
         step_masks, topk_value = step_masks_of(state, threshold)
@@ -239,12 +274,12 @@ def make_train_step(module, kind: str, pruning: Pruning, optimizer: Optimizer, *
         def body(carry, xs):
             grads, stats = carry
             micro, key = xs
-            g, (task, distil, remaining) = grad_fn(tree, micro, threshold, key, denom,
+            g, (task, distil, remaining) = grad_fn(trainable, frozen, micro, threshold, key, denom,
                                                    teacher_params, step_masks)
             loss_parts = jnp.stack([task, distil, remaining / accum])
             return (jax.tree_util.tree_map(jnp.add, grads, g), stats + loss_parts), None
 
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, tree)
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, trainable)
         (grads, stats), _ = jax.lax.scan(
             body, (zeros, jnp.zeros(3, jnp.float32)), (batch, jax.random.split(step_rng, accum)))
         task, distil = stats[0], stats[1]
@@ -256,37 +291,59 @@ def make_train_step(module, kind: str, pruning: Pruning, optimizer: Optimizer, *
             grads["scores"] = jax.tree_util.tree_map(lambda g, r: g + lam * r, grads["scores"], reg_grad)
             loss = loss + lam * reg
         grad_norm = optax.global_norm(grads)
-        updates, opt_state = optimizer.tx.update(grads, state.opt_state, tree)
-        new = optax.apply_updates(tree, updates)
+        updates, opt_state = optimizer.tx.update(grads, state.opt_state, trainable)
+        new = optimizer.merge(optax.apply_updates(trainable, updates), frozen)
         metrics = {"loss": loss, "task_loss": task, "regularization": reg, "threshold": threshold,
                    "lambda": lam, "remaining_weights": remaining, "grad_norm": grad_norm,
                    **optimizer.learning_rates(state.step)}
         if teacher is not None:
             metrics["distil_loss"] = distil
         state = state.replace(step=state.step + 1, params=new["params"], scores=new["scores"],
-                              opt_state=opt_state, rng=rng, topk_value=topk_value)
+                              opt_state=opt_state, rng=jax.random.key_data(rng),
+                              topk_value=topk_value)
         return state, metrics
 
     return train_step
 
 
-def make_eval_step(module, pruning: Pruning) -> Callable:
-    """``eval_step(params, scores, batch) -> outputs`` with deterministic masks at the final
-    threshold and no dropout."""
+@dataclass(frozen=True)
+class EvalStep:
+    """Evaluation in two parts, so the masks are computed once per evaluation, not per batch:
 
-    def eval_step(params, scores, batch):
-        masks = pruning.final_masks(params, scores)
-        return module.apply({"params": masking.multiply_masks(params, masks)}, *model_inputs(batch),
-                            deterministic=True)
+    ``mask(params, scores) -> masked``: ``W * M`` with the deterministic masks at the final
+    threshold (a full Top-v selection); ``apply(masked, batch) -> outputs``: the model without
+    dropout. Calling it, ``eval_step(params, scores, batch)``, does both (one batch)."""
 
-    return eval_step
+    mask: Callable
+    apply: Callable
+
+    def __call__(self, params, scores, batch):
+        return self.apply(self.mask(params, scores), batch)
+
+    def jit(self, **kwargs) -> "EvalStep":
+        """Both parts under ``jax.jit(..., **kwargs)`` (one device; a mesh: ``jit_eval_step``)."""
+        return EvalStep(jax.jit(self.mask, **kwargs), jax.jit(self.apply, **kwargs))
 
 
-def init_state(params, scores, optimizer: Optimizer, seed: int) -> TrainState:
+def make_eval_step(module, pruning: Pruning) -> EvalStep:
+    """The ``EvalStep`` of ``module`` pruned by ``pruning`` (final masks, no dropout)."""
+
+    def mask(params, scores):
+        return masking.multiply_masks(params, pruning.final_masks(params, scores))
+
+    def apply(masked, batch):
+        return module.apply({"params": masked}, *model_inputs(batch), deterministic=True)
+
+    return EvalStep(mask, apply)
+
+
+def init_state(params, scores, optimizer: Optimizer, seed: int,
+               rng_impl: str = "threefry") -> TrainState:
+    """Step 0; ``rng`` is the raw key data of ``rng_impl`` (``RNG_IMPLS``) for ``seed``."""
     tree = {"params": params, "scores": scores}
     return TrainState(step=jnp.int32(0), params=params, scores=scores,
-                      opt_state=optimizer.tx.init(tree), rng=jax.random.PRNGKey(seed),
-                      topk_value=jnp.float32(0.0))
+                      opt_state=optimizer.tx.init(tree), rng=raw_key(seed, rng_impl),
+                      topk_value=jnp.float32(0.0), rng_impl=rng_impl)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,14 +366,19 @@ def jit_train_step(train_step: Callable, mesh, state: TrainState, batch_size: in
                    compiler_options=compiler_options)
 
 
-def jit_eval_step(eval_step: Callable, mesh, params, scores, batch_size: int,
-                  compiler_options: dict | None = None) -> Callable:
-    """``eval_step`` compiled for ``mesh``: batches ``[B, ...]`` split on ``"data"``, outputs
-    replicated (readable on every process)."""
-    return jax.jit(eval_step,
-                   in_shardings=(shd.tree_shardings(params, mesh), shd.tree_shardings(scores, mesh),
-                                 shd.batch_sharding(mesh, batch_size, micro=False)),
-                   out_shardings=shd.replicated(mesh), compiler_options=compiler_options)
+def jit_eval_step(eval_step: EvalStep, mesh, params, scores, batch_size: int,
+                  compiler_options: dict | None = None) -> EvalStep:
+    """``eval_step``'s parts compiled for ``mesh``: ``mask`` keeps the params' layout (the
+    masked params stay sharded as the params), ``apply`` takes batches ``[B, ...]`` split on
+    ``"data"`` (any sequence length: one compilation per length) and replicates its outputs
+    (readable on every process)."""
+    params_sh = shd.tree_shardings(params, mesh)
+    mask = jax.jit(eval_step.mask, in_shardings=(params_sh, shd.tree_shardings(scores, mesh)),
+                   out_shardings=params_sh, compiler_options=compiler_options)
+    apply = jax.jit(eval_step.apply,
+                    in_shardings=(params_sh, shd.batch_sharding(mesh, batch_size, micro=False)),
+                    out_shardings=shd.replicated(mesh), compiler_options=compiler_options)
+    return EvalStep(mask, apply)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,31 +387,74 @@ def jit_eval_step(eval_step: Callable, mesh, params, scores, batch_size: int,
 
 
 def predict(eval_step, params, scores, features: dict[str, np.ndarray], batch_size: int,
-            put: Callable | None = None):
-    """Model outputs for every row of ``features`` (padding of the last batch dropped).
-    ``put`` places each host batch on the devices (default: passed as is)."""
-    from mvp_jax.data import batches
+            put: Callable | None = None, bucket_lengths: Sequence[int] | None = None,
+            masked=None):
+    """Model outputs for every row of ``features``, in their order (batch padding dropped).
+
+    ``eval_step``: an ``EvalStep`` (its masks applied once, here, unless ``masked`` -- the
+    output of ``eval_step.mask`` -- is given) or any ``f(params, scores, batch)``.
+    ``put`` places each host batch on the devices (default: passed as is).
+    ``bucket_lengths``: rows sorted by length, each batch cut to its bucket
+    (``mvp_jax.data.batching``); sequence-level outputs only (classification, regression).
+    """
+    from mvp_jax.data import batching
 
     inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     n = len(inputs["input_ids"])
-    chunks = []
-    for batch in batches(inputs, batch_size, shuffle=False):
+    lengths = buckets = None
+    if bucket_lengths is not None:
+        buckets = batching.resolve_buckets(bucket_lengths, inputs["attention_mask"].shape[1])
+        lengths = batching.sequence_lengths(inputs["attention_mask"])
+    plan = batching.batch_plan(n, batch_size, shuffle=False, lengths=lengths)
+    if isinstance(eval_step, EvalStep):
+        if masked is None:
+            masked = eval_step.mask(params, scores)
+        run = eval_step.apply
+    else:
+        def run(_, batch):
+            return eval_step(params, scores, batch)
+    chunks, rows = [], []
+    for idx in plan:
+        batch = batching.take_batch(inputs, idx, batch_size, fill=int(idx[0]), lengths=lengths,
+                                    buckets=buckets)
         batch.pop("example_weight")
         if put is not None:
             batch = put(batch)
-        chunks.append(jax.device_get(eval_step(params, scores, batch)))
+        out = jax.device_get(run(masked, batch))
+        if buckets is not None and isinstance(out, tuple):
+            raise ValueError("length buckets apply to sequence-level outputs (classification, "
+                             "regression), not to per-token outputs such as a QA head's")
+        chunks.append(out)
+        rows.append(idx)
+    if not chunks:
+        raise ValueError("predict: no rows")
+    real = np.concatenate(rows)
+    order = np.empty(n, np.int64)
+    order[real] = np.arange(n)  # output position of each row
+    first = [0]
+    for idx in rows:
+        first.append(first[-1] + batch_size)
+
+    def gather(parts):
+        stacked = np.concatenate(parts)
+        keep = np.concatenate([np.arange(s, s + len(idx)) for s, idx in zip(first, rows)])
+        return stacked[keep][order]
+
     if isinstance(chunks[0], tuple):
-        return tuple(np.concatenate([c[i] for c in chunks])[:n] for i in range(len(chunks[0])))
-    return np.concatenate(chunks)[:n]
+        return tuple(gather([c[i] for c in chunks]) for i in range(len(chunks[0])))
+    return gather(chunks)
 
 
 def evaluate_splits(eval_step, params, scores, task_data, batch_size: int,
-                    put: Callable | None = None) -> dict[str, dict]:
-    """``{split: metrics}`` for every evaluation split of the task."""
+                    put: Callable | None = None,
+                    bucket_lengths: Sequence[int] | None = None) -> dict[str, dict]:
+    """``{split: metrics}`` for every evaluation split of the task (masks computed once)."""
     from mvp_jax.data import evaluate
 
+    masked = eval_step.mask(params, scores) if isinstance(eval_step, EvalStep) else None
     return {
         name: evaluate(task_data.spec, eval_set,
-                       predict(eval_step, params, scores, eval_set.features, batch_size, put))
+                       predict(eval_step, params, scores, eval_set.features, batch_size, put,
+                               bucket_lengths, masked=masked))
         for name, eval_set in task_data.evals.items()
     }

@@ -131,7 +131,9 @@ def test_lab_recipes_are_small():
     for path in CONFIGS.glob("lab/sst2/*.yaml"):
         cfg = load_config(path)
         assert cfg.model.name == "minilm-l6" and cfg.task.name == "sst2"
-        assert cfg.train.max_steps is not None and cfg.train.max_steps <= 1000
+        # minutes on 2 CPU cores: a bounded step count, batches cut to length buckets
+        assert cfg.train.max_steps is not None and cfg.train.max_steps <= 1500
+        assert cfg.data.bucket_lengths and cfg.data.bucket_lengths[-1] == cfg.task.max_seq_length
         assert cfg.task.data_dir is None  # hub by default; README shows the local override
 
 
@@ -141,11 +143,26 @@ def test_choices_match_the_library():
     assert set(C.METHODS) == set(masking.METHODS)
     assert set(C.MASK_INITS) == set(masking.SCORE_INITS)
     assert set(C.REGULARIZATIONS) == set(regularizers.REGULARIZATIONS)
+    train = pytest.importorskip("mvp_jax.train")
+    assert set(C.RNG_IMPLS) == set(train.RNG_IMPLS)
 
 
 # ----------------------------------------------------------------------------------------------
 # Overrides
 # ----------------------------------------------------------------------------------------------
+
+
+def test_optimizer_is_the_reference_adamw_by_default():
+    assert TrainConfig().optimizer == "reference_adamw"
+    for path in CONFIGS.glob("paper/*/*.yaml"):  # the paper recipes train as the reference
+        if not path.name.startswith("_"):
+            assert load_config(path).train.optimizer == "reference_adamw", rel(path)
+    assert load_config(None, ["train.optimizer=adamw"]).train.optimizer == "adamw"
+    with pytest.raises(ConfigError, match=r"^unknown train\.optimizer 'adam'; did you mean "
+                                          r"'adamw'\? \(choices: reference_adamw, adamw\)$"):
+        load_config(None, ["train.optimizer=adam"])
+    optim = pytest.importorskip("mvp_jax.optim")
+    assert C.OPTIMIZERS == optim.OPTIMIZERS
 
 
 def test_overrides_parse_types():
@@ -239,6 +256,19 @@ BAD_OVERRIDES = [
     (["model.dropout=1"], r"model\.dropout must be in \[0, 1\)"),
     (["mesh.model=0"], r"mesh\.model must be >= 1"),
     (["data.max_train_samples=0"], r"data\.max_train_samples must be >= 1"),
+    # length buckets and the PRNG
+    (["data.bucket_lengths=[]"], r"data\.bucket_lengths must not be empty"),
+    (["data.bucket_lengths=[32, 16]"], r"data\.bucket_lengths must be strictly increasing"),
+    (["data.bucket_lengths=[16, 16]"], r"data\.bucket_lengths must be strictly increasing"),
+    (["data.bucket_lengths=[0, 16]"], r"data\.bucket_lengths must be >= 1, got \[0, 16\]"),
+    (["data.bucket_lengths=16"], r"data\.bucket_lengths must be a list of integers, got int"),
+    (["data.bucket_lengths=[16.5]"], r"data\.bucket_lengths must be a list of integers, got item float"),
+    (["data.bucket_lengths=[16, 256]", "task.max_seq_length=128"],
+     r"data\.bucket_lengths must be <= task\.max_seq_length \(128\), got \[16, 256\]"),
+    (["task.name=squad", "data.bucket_lengths=[128]"],
+     r"data\.bucket_lengths applies to classification and regression tasks, not squad"),
+    (["data.bucket_mega_batch=0"], r"data\.bucket_mega_batch must be >= 1"),
+    (["train.rng_impl=rgb"], r"unknown train\.rng_impl 'rgb'; did you mean 'rbg'\?"),
     (["task.name=squad", "task.max_seq_length=128", "task.doc_stride=128"],
      r"task\.doc_stride \(128\) must be < task\.max_seq_length \(128\)"),
     # cross-field pairings of method and regularization (the reference README's pairs)
@@ -250,7 +280,7 @@ BAD_OVERRIDES = [
     (["prune.method=magnitude", "prune.regularization=l1"], r"requires prune\.method sigmoied"),
     (["prune.final_lambda=400"], r"prune\.final_lambda=400\.0 has no effect without prune\.regularization"),
     (["prune.method=sigmoied_threshold", "prune.initial_threshold=0", "prune.global_topk=true"],
-     r"prune\.global_topk applies to methods topk and magnitude"),
+     r"prune\.global_topk applies to methods topk, magnitude and random"),
     # malformed overrides
     (["train.batch_size"], r"malformed override 'train\.batch_size': expected section\.key=value"),
     (["batch_size=8"], r"malformed override 'batch_size=8'.*did you mean 'train\.batch_size=8'\?"),
@@ -338,9 +368,14 @@ def test_sections_are_frozen_and_replace_validates():
 
 def test_dict_round_trip():
     cfg = load_config(None, ["prune.patterns=[x, y]", "train.max_steps=1000",
-                             "distill.teacher=some/teacher", "train.warmup_steps=10"])
+                             "distill.teacher=some/teacher", "train.warmup_steps=10",
+                             "data.bucket_lengths=[16, 32, 64]", "train.rng_impl=rbg"])
     d = config_to_dict(cfg)
     assert d["prune"]["patterns"] == ["x", "y"] and set(d) == set(C.SECTIONS)
+    assert d["data"]["bucket_lengths"] == [16, 32, 64] and cfg.data.bucket_lengths == (16, 32, 64)
+    defaults = load_config(None)
+    assert defaults.data.bucket_lengths is None and defaults.data.bucket_mega_batch == 50
+    assert defaults.train.rng_impl == "threefry"
     assert config_from_dict(d) == cfg
     assert config_from_dict(yaml.safe_load(yaml.safe_dump(d))) == cfg
     with pytest.raises(ConfigError, match=r"unknown config key 'train\.epoch'; did you mean 'train\.epochs'\?"):

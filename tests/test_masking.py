@@ -287,3 +287,40 @@ def test_global_topk_over_model_keeps_exact_total():
     assert sum(int(v.sum()) for v in masks.values()) == int(0.1 * total)
     per_matrix = [int(v.sum()) for v in masks.values()]
     assert len(set(per_matrix)) > 1  # global: matrices keep different counts
+
+
+def test_magnitude_score_init_is_scaled_normalised_magnitude():
+    """``S0 = scale * |W| / rms(W)`` per matrix (hand formula), so Top-v of the initial scores is
+    exactly magnitude pruning of every matrix."""
+    params = bert_like_params()
+    scores = m._flat(m.init_scores(params, "magnitude", 2.0))
+    for path, w in m._flat(params).items():
+        if path not in scores:
+            continue
+        w = np.asarray(w, np.float64)
+        np.testing.assert_allclose(scores[path], 2.0 * np.abs(w) / np.sqrt(np.mean(w * w)), rtol=1e-5)
+        np.testing.assert_array_equal(m.topk_mask(scores[path], 0.3), m.magnitude_mask(jnp.asarray(w, jnp.float32), 0.3))
+
+
+@pytest.mark.parametrize("global_topk", [False, True])
+def test_random_control_is_fixed_exact_and_blind_to_the_weights(global_topk):
+    params = bert_like_params()
+    masks = m.compute_masks(params, None, method="random", threshold=0.3, global_topk=global_topk)
+    total = sum(v.size for v in masks.values())
+    kept = sum(int(v.sum()) for v in masks.values())
+    if global_topk:
+        assert kept == int(0.3 * total)
+    else:
+        assert all(int(v.sum()) == int(0.3 * v.size) for v in masks.values())
+    # blind to the weights: other values of the same shapes give the same masks
+    other = jax.tree_util.tree_map(lambda x: -3.0 * x + 1.0, params)
+    again = m.compute_masks(other, None, method="random", threshold=0.3, global_topk=global_topk)
+    for p in masks:
+        np.testing.assert_array_equal(masks[p], again[p])
+    # and unrelated to magnitude: about 30% of magnitude's kept entries, not all of them
+    mag = m.compute_masks(params, None, method="magnitude", threshold=0.3, global_topk=global_topk)
+    overlap = sum(float(jnp.sum(masks[p] * mag[p])) for p in masks) / sum(float(jnp.sum(mag[p])) for p in masks)
+    assert 0.15 < overlap < 0.45
+    # no gradient reaches the weights through the mask
+    g = jax.grad(lambda ps: sum(jnp.sum(v) for v in m.compute_masks(ps, None, method="random", threshold=0.3).values()))(params)
+    assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree_util.tree_leaves(g))
