@@ -1,28 +1,46 @@
 """Reproduce the paper's main comparison (Sanh, Wolf & Rush 2020, Figure 2) at lab scale.
 
-One command fine-tunes the embedded MiniLM ("minilm-l6") densely, then fine-prunes it with
-magnitude, movement (topk), soft movement (sigmoied_threshold + l1) and L0 (l0 + l0) at each
-target fraction of remaining encoder weights, with and/or without distillation from the dense
-model (its export/ directory is the teacher), on SST-2 and on the SQuAD-dev split; then it
-writes results/results.csv, results/results.md and results/figure2.png.
+One command fine-tunes the embedded MiniLM ("minilm-l6") densely, then fine-prunes it with each
+pruning *variant* (below) at each target fraction of remaining encoder weights, with and/or
+without distillation from the dense model (its export/ directory is the teacher), on SST-2 (and,
+for the cpu-reduced and full presets, on the SQuAD-dev split); then it writes results.csv,
+results.md (the table and which of the paper's claims held, computed from its rows),
+lambda_trials.csv and figure2.png under --out.
+
+Variants (the unit of comparison; --methods takes their names, or the prune.method names
+topk = movement_paper and sigmoied_threshold = soft_movement):
+
+    magnitude        prune.method magnitude
+    movement_paper   prune.method topk, scores from 0 (the paper's movement pruning)
+    movement         prune.method topk, prune.mask_init magnitude, prune.mask_scale 2.0
+    soft_movement    prune.method sigmoied_threshold + l1 (sparsity set by lambda)
+    l0               prune.method l0 + l0 (sparsity set by lambda)
+    random           prune.method random: Top-v of fixed random scores (the control)
 
 Soft movement and L0 reach their sparsity through lambda, not through a target: for each
 target, lambda is searched by secant steps on log(lambda) vs log(remaining weights) over full
-runs (every trial is a complete run with its own eval_results.json; all trials are listed in
-results/lambda_trials.csv, and the table reports, per target, the trial whose remaining weights
-are closest to the target in log ratio). Remaining weights are counted on the exported model
-(export/model.safetensors: zeros in the encoder's prunable matrices) and checked against the
-run's eval_results.json.
+runs, starting from the recipe's final_lambda (every trial is a complete run with its own
+eval_results.json; all trials are listed in lambda_trials.csv, and the table reports, per
+target, the trial whose remaining weights are closest to the target in log ratio). Remaining
+weights are counted on the exported model (export/model.safetensors: zeros in the encoder's
+prunable matrices) and checked against the run's eval_results.json.
 
-    # reduced CPU version (what results/RESULTS.md reports)
+    # lab recipes (configs/lab/sst2/<variant>.yaml) at 600 updates on 2 CPU cores: dense, then
+    # 3% and 50% for movement (both variants), magnitude, random; soft movement at 3%;
+    # movement distilled at 3% (about 6 minutes a run, 11 runs)
+    python benchmarks/reproduce.py --preset cpu-lab --resume-existing
+    # reduced CPU version of results/RESULTS.md (configs/lab/sst2/_task.yaml + the method
+    # fragments of configs/methods/, 60 updates of 16 on 960 sentences, SQuAD-dev split too)
     python benchmarks/reproduce.py --preset cpu-reduced
     # paper-like run (a GPU): full SST-2 train set, SQuAD-dev split, 3 epochs, seq 128/384
     python benchmarks/reproduce.py --preset full
-    # only rebuild the table and plot from existing runs
-    python benchmarks/reproduce.py --report-only
+    # only rebuild the table, claims and plot from existing runs
+    python benchmarks/reproduce.py --preset cpu-lab --report-only
 
-Run directories go under --runs-dir (git-ignored runs/reproduce); --resume-existing skips runs
-whose eval_results.json exists (and restarts incomplete ones from scratch).
+Run directories go under --runs-dir (git-ignored runs/reproduce, runs/reproduce_cpu_lab for
+cpu-lab); --resume-existing skips runs whose eval_results.json exists (and restarts incomplete
+ones from scratch); --deadline HH:MM starts no run after that time (the runs are ordered so
+that the most informative come first).
 """
 
 from __future__ import annotations
@@ -41,42 +59,100 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / ".." / "shared" / "data").resolve()
+LAB = ROOT / "configs" / "lab" / "sst2"
+FRAGMENTS_DIR = ROOT / "configs" / "methods"
 
-METHODS = ("magnitude", "topk", "sigmoied_threshold", "l0")
+METHODS = ("magnitude", "topk", "sigmoied_threshold", "l0", "random")  # prune.method values
 LAMBDA_METHODS = ("sigmoied_threshold", "l0")
-METHOD_LABELS = {"none": "dense", "magnitude": "magnitude", "topk": "movement",
-                 "sigmoied_threshold": "soft movement", "l0": "L0 regularization"}
+
+# The unit of comparison: variant -> (prune.method, overrides on top of its recipe).
+VARIANTS = {
+    "magnitude": ("magnitude", []),
+    "movement_paper": ("topk", []),
+    "movement": ("topk", ["prune.mask_init=magnitude", "prune.mask_scale=2.0"]),
+    "soft_movement": ("sigmoied_threshold", []),
+    "l0": ("l0", []),
+    "random": ("random", []),
+}
+VARIANT_LABELS = {"dense": "dense", "magnitude": "magnitude",
+                  "movement_paper": "movement (paper: scores from 0)",
+                  "movement": "movement (scores from magnitude)",
+                  "soft_movement": "soft movement", "l0": "L0 regularization",
+                  "random": "random (control)"}
+VARIANT_ORDER = ("dense", "magnitude", "movement_paper", "movement", "soft_movement", "l0",
+                 "random")
+MOVEMENT_VARIANTS = ("movement", "movement_paper")
+# prune.method names that --methods also accepts: what the presets meant by them before variants
+METHOD_ALIASES = {"none": "dense", "topk": "movement_paper", "sigmoied_threshold": "soft_movement"}
+# Run directory name prefixes: the method name where the variant is what that method meant
+# before variants existed, so earlier run directories still resolve (and --resume-existing
+# finds them).
+RUN_PREFIX = {"dense": "dense", "magnitude": "magnitude", "movement_paper": "topk",
+              "movement": "movement", "soft_movement": "sigmoied_threshold", "l0": "l0",
+              "random": "random"}
+PREFIX_VARIANT = {p: v for v, p in RUN_PREFIX.items()}
+
+# Where a run's config comes from. "lab": the lab recipe of the variant alone
+# (configs/lab/sst2/<recipe>.yaml: the recipe lives in one place); "fragments": the lab task
+# file plus the method fragment (configs/methods/, the reference README's values), what the
+# cpu-reduced and full presets have always used.
+LAB_RECIPES = {"dense": "dense", "magnitude": "magnitude", "movement_paper": "movement_paper",
+               "movement": "movement", "soft_movement": "soft_movement", "l0": "l0",
+               "random": "random"}
+FRAGMENTS = {"dense": "dense", "magnitude": "magnitude", "movement_paper": "movement",
+             "movement": "movement", "soft_movement": "soft_movement", "l0": "l0",
+             "random": "random"}
+
 TASKS = ("sst2", "squad_dev_split")
 TASK_LABELS = {"sst2": "SST-2 (dev)", "squad_dev_split": "SQuAD-dev split (last 10 articles)"}
 TASK_METRICS = {"sst2": ("accuracy",), "squad_dev_split": ("exact_match", "f1")}
 MAIN_METRIC = {"sst2": "accuracy", "squad_dev_split": "f1"}
 
-# Method recipes (configs/methods/*.yaml, the reference README's values); the target fills in.
-RECIPE_FILES = {"none": "dense", "magnitude": "magnitude", "topk": "movement",
-                "sigmoied_threshold": "soft_movement", "l0": "l0"}
-
 # Presets: values of the command-line options, overridable one by one.
 PRESETS = {
     # What a 2-core CPU affords in about 90 minutes (see results/RESULTS.md).
     "cpu-reduced": dict(
-        tasks="sst2,squad_dev_split", methods=",".join(METHODS), targets="0.5,0.1,0.03", seeds="42",
+        tasks="sst2,squad_dev_split", methods="magnitude,topk,sigmoied_threshold,l0",
+        targets="0.5,0.1,0.03", seeds="42",
         distill="both", distill_targets="0.1,0.03", squad_distill="no", max_train_samples=960,
         max_steps=60, batch_size=16, max_seq_length=64, squad_max_seq_length=256,
         squad_doc_stride=128, squad_max_train_samples=240, squad_max_steps=30, squad_batch_size=8,
         squad_max_eval_samples=300, squad_methods="magnitude,topk", squad_targets="0.1",
         warmup_fraction=0.1, lambda_trials=1, lambda_trials_distill=1,
-        soft_scores_lr=0.2, l0_scores_lr=0.3, learning_rate=3e-4),
+        soft_scores_lr=0.2, l0_scores_lr=0.3, learning_rate=3e-4,
+        recipes="fragments", order="nested"),
     # Paper-like settings (GPU): full SST-2 train, 3 epochs (10 for SQuAD-dev split, it is small).
     "full": dict(
-        tasks="sst2,squad_dev_split", methods=",".join(METHODS), targets="0.5,0.1,0.03", seeds="42",
+        tasks="sst2,squad_dev_split", methods="magnitude,topk,sigmoied_threshold,l0",
+        targets="0.5,0.1,0.03", seeds="42",
         distill="both", distill_targets="0.5,0.1,0.03", squad_distill="both",
         max_train_samples=None, epochs=3.0,
         max_steps=None, batch_size=32, max_seq_length=128, squad_max_seq_length=384,
         squad_doc_stride=128, squad_max_train_samples=None, squad_max_steps=None, squad_epochs=10.0,
-        squad_batch_size=16, squad_max_eval_samples=None, squad_methods=",".join(METHODS),
+        squad_batch_size=16, squad_max_eval_samples=None,
+        squad_methods="magnitude,topk,sigmoied_threshold,l0",
         squad_targets="0.5,0.1,0.03", warmup_fraction=0.1, lambda_trials=4, lambda_trials_distill=2,
-        soft_scores_lr=None, l0_scores_lr=None, learning_rate=None),
+        soft_scores_lr=None, l0_scores_lr=None, learning_rate=None,
+        recipes="fragments", order="nested"),
+    # The lab recipes (configs/lab/sst2/<variant>.yaml) as they are, at 600 updates (a 2-core
+    # CPU budget: about 6 minutes a run, 11 runs): full SST-2 train set, the recipe's batch,
+    # learning rates, sequence length, buckets and schedule (warm-up scaled to the run length,
+    # initial_warmup 2 / final_warmup 3); distillation as the paper (alpha_ce 0.1,
+    # alpha_distil 0.9, T 2) for movement at 3% only; soft movement at 3% only, one lambda
+    # trial (the recipe's final_lambda); no L0 (--methods ...,l0 adds it).
+    "cpu-lab": dict(
+        tasks="sst2", methods="movement,movement_paper,magnitude,random,soft_movement",
+        targets="0.5,0.03", lambda_targets="0.03", seeds="42",
+        distill="both", distill_targets="0.03", distill_methods="movement", squad_distill="no",
+        max_train_samples=None, max_steps=600, batch_size=None, max_seq_length=None,
+        warmup_fraction=None, lambda_trials=1, lambda_trials_distill=1,
+        soft_scores_lr=None, l0_scores_lr=None, learning_rate=None,
+        alpha_ce=0.1, alpha_distil=0.9, temperature=2.0,
+        recipes="lab", order="informative",
+        runs_dir=str(ROOT / "runs" / "reproduce_cpu_lab"), out=str(ROOT / "results" / "cpu_lab")),
 }
+DEFAULT_RUNS_DIR = str(ROOT / "runs" / "reproduce")
+DEFAULT_OUT = str(ROOT / "results")
 
 
 def _floats(text):
@@ -87,19 +163,44 @@ def _names(text):
     return [x.strip() for x in str(text).split(",") if x.strip()]
 
 
+def variant_name(name):
+    """The variant a --methods entry (a variant or a prune.method name) stands for."""
+    v = METHOD_ALIASES.get(name, name)
+    if v != "dense" and v not in VARIANTS:
+        aliases = ", ".join(k for k in METHOD_ALIASES if k != "none")
+        raise ValueError(f"unknown method or variant {name!r}; choose from "
+                         f"{', '.join(VARIANTS)} (or {aliases})")
+    return v
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-reduced",
                    help="default values of every option below (default: cpu-reduced)")
     p.add_argument("--tasks", help="comma list of sst2, squad_dev_split")
-    p.add_argument("--methods", help="comma list of magnitude, topk, sigmoied_threshold, l0")
+    p.add_argument("--methods", help="comma list of variants: " + ", ".join(VARIANTS)
+                   + " (topk = movement_paper, sigmoied_threshold = soft_movement)")
     p.add_argument("--targets", help="remaining-weight fractions, e.g. 0.5,0.1,0.03")
+    p.add_argument("--lambda-targets",
+                   help="targets of soft movement / L0 (lambda search; default: --targets)")
     p.add_argument("--seeds", help="comma list of seeds")
     p.add_argument("--distill", choices=("no", "yes", "both"))
     p.add_argument("--distill-targets", help="targets run with distillation (default: --targets)")
+    p.add_argument("--distill-methods",
+                   help="variants run with distillation (default: --methods)")
+    p.add_argument("--alpha-ce", type=float, help="distill.alpha_ce (default: the config's)")
+    p.add_argument("--alpha-distil", type=float, help="distill.alpha_distil")
+    p.add_argument("--temperature", type=float, help="distill.temperature")
     p.add_argument("--squad-distill", choices=("no", "yes", "both"),
                    help="--distill for squad_dev_split")
+    p.add_argument("--recipes", choices=("lab", "fragments"),
+                   help="lab: configs/lab/sst2/<variant>.yaml; fragments: configs/lab/sst2/"
+                        "_task.yaml + configs/methods/<method>.yaml")
+    p.add_argument("--order", choices=("nested", "informative"),
+                   help="run order: nested (task, seed, distill, method, target) or "
+                        "informative (dense, then the highest sparsity first, the variants "
+                        "that test a claim there first, distilled runs after their target)")
     p.add_argument("--max-train-samples", type=int, help="SST-2 training subset (0 = all)")
     p.add_argument("--max-steps", type=int, help="SST-2 updates (0 = use --epochs)")
     p.add_argument("--epochs", type=float)
@@ -113,18 +214,20 @@ def build_parser():
     p.add_argument("--squad-max-steps", type=int)
     p.add_argument("--squad-epochs", type=float)
     p.add_argument("--squad-batch-size", type=int)
-    p.add_argument("--squad-methods", help="methods on squad_dev_split (default: --methods)")
+    p.add_argument("--squad-methods", help="variants on squad_dev_split (default: --methods)")
     p.add_argument("--squad-targets", help="targets on squad_dev_split (default: --targets)")
     p.add_argument("--warmup-fraction", type=float,
-                   help="train.warmup_steps as a fraction of the run; the cubic schedule holds "
-                        "for 1x and ends 2x warmup_steps before the end")
+                   help="train.warmup_steps as a fraction of the run (default for cpu-lab: the "
+                        "recipe's, 120/1200); the cubic schedule holds for initial_warmup x and "
+                        "ends final_warmup x warmup_steps before the end")
     p.add_argument("--lambda-trials", type=int, help="max runs per target for soft movement / L0")
     p.add_argument("--lambda-trials-distill", type=int, help="same, with distillation")
     p.add_argument("--soft-scores-lr", type=float, help="scores LR of soft movement")
     p.add_argument("--l0-scores-lr", type=float, help="scores LR of L0")
     p.add_argument("--data-dir", default=str(DATA), help="folder holding glue/ and squad_v1.1/")
-    p.add_argument("--out", default=str(ROOT / "results"))
-    p.add_argument("--runs-dir", default=str(ROOT / "runs" / "reproduce"))
+    p.add_argument("--out", help="results folder (default: results/, results/cpu_lab for cpu-lab)")
+    p.add_argument("--runs-dir", help="run directories (default: runs/reproduce, "
+                                      "runs/reproduce_cpu_lab for cpu-lab)")
     p.add_argument("--resume-existing", action="store_true",
                    help="skip runs whose eval_results.json exists")
     p.add_argument("--report-only", action="store_true", help="only write table and plot")
@@ -139,27 +242,38 @@ def resolve_args(argv=None):
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    for key in ("epochs", "squad_epochs"):
+    defaults = dict(epochs=3.0, squad_epochs=3.0, recipes="fragments", order="nested",
+                    runs_dir=DEFAULT_RUNS_DIR, out=DEFAULT_OUT)
+    for key, value in defaults.items():
         if getattr(args, key, None) is None:
-            setattr(args, key, 3.0)
+            setattr(args, key, value)
     if args.squad_distill is None:
         args.squad_distill = args.distill
     for key in ("max_train_samples", "max_steps", "squad_max_train_samples", "squad_max_steps",
                 "squad_max_eval_samples"):
         if getattr(args, key) == 0:
             setattr(args, key, None)
-    args.tasks, args.methods, args.seeds = _names(args.tasks), _names(args.methods), \
-        [int(s) for s in _names(args.seeds)]
+    args.tasks, args.seeds = _names(args.tasks), [int(s) for s in _names(args.seeds)]
     args.targets = _floats(args.targets)
     args.distill_targets = _floats(args.distill_targets) if args.distill_targets else args.targets
-    args.squad_methods = _names(args.squad_methods) if args.squad_methods else args.methods
+    args.lambda_targets = _floats(args.lambda_targets) if args.lambda_targets else args.targets
     args.squad_targets = _floats(args.squad_targets) if args.squad_targets else args.targets
-    for m in args.methods + args.squad_methods:
-        if m not in METHODS:
-            sys.exit(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    try:
+        args.methods = [variant_name(m) for m in _names(args.methods)]
+        args.squad_methods = ([variant_name(m) for m in _names(args.squad_methods)]
+                              if args.squad_methods else list(args.methods))
+        args.distill_methods = ([variant_name(m) for m in _names(args.distill_methods)]
+                                if args.distill_methods else None)
+    except ValueError as e:
+        sys.exit(str(e))
+    if "dense" in args.methods + args.squad_methods:
+        sys.exit("dense is always run first; leave it out of --methods")
     for t in args.tasks:
         if t not in TASKS:
             sys.exit(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    if args.recipes == "lab" and args.tasks != ["sst2"]:
+        sys.exit(f"--recipes lab (preset cpu-lab) runs the SST-2 lab recipes: --tasks sst2 only, "
+                 f"got {','.join(args.tasks)}")
     return args
 
 
@@ -168,52 +282,93 @@ def resolve_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 
 
-def task_settings(args, task):
-    """(overrides, steps or None, batch, train samples) for ``task``."""
+def config_files(args, variant):
+    """The YAML files of ``variant``'s run (before the preset's overrides)."""
+    variant = variant_name(variant)
+    if args.recipes == "lab":
+        return [LAB / f"{LAB_RECIPES[variant]}.yaml"]
+    return [LAB / "_task.yaml", FRAGMENTS_DIR / f"{FRAGMENTS[variant]}.yaml"]
+
+
+def recipe_config(args, variant):
+    """``variant``'s recipe alone, without the preset's overrides."""
+    from mvp_jax.config import load_config
+
+    return load_config([str(f) for f in config_files(args, variant)])
+
+
+def task_settings(args, task, recipe=None):
+    """Overrides of the run length, data and batch for ``task``; with lab recipes only the
+    options given (the rest stays the recipe's)."""
     if task == "sst2":
-        steps, batch, n_train, epochs = args.max_steps, args.batch_size, args.max_train_samples, \
-            args.epochs
-        ov = [f"task.data_dir={Path(args.data_dir) / 'glue' / 'SST-2'}",
-              f"task.max_seq_length={args.max_seq_length}"]
+        steps, batch, n_train, epochs, seq = args.max_steps, args.batch_size, \
+            args.max_train_samples, args.epochs, args.max_seq_length
+        ov = [f"task.data_dir={Path(args.data_dir) / 'glue' / 'SST-2'}"]
     else:
-        steps, batch, n_train, epochs = args.squad_max_steps, args.squad_batch_size, \
-            args.squad_max_train_samples, args.squad_epochs
+        steps, batch, n_train, epochs, seq = args.squad_max_steps, args.squad_batch_size, \
+            args.squad_max_train_samples, args.squad_epochs, args.squad_max_seq_length
         ov = [f"task.data_dir={Path(args.data_dir) / 'squad_v1.1'}",
-              f"task.max_seq_length={args.squad_max_seq_length}",
               f"task.doc_stride={args.squad_doc_stride}"]
         if args.squad_max_eval_samples:
             ov.append(f"data.max_eval_samples={args.squad_max_eval_samples}")
-    ov += [f"task.name={task}", f"train.batch_size={batch}", f"train.epochs={epochs}",
+    if seq:
+        ov.append(f"task.max_seq_length={seq}")
+    ov.append(f"task.name={task}")
+    if batch:
+        ov.append(f"train.batch_size={batch}")
+    ov += [f"train.epochs={epochs}",
            f"data.max_train_samples={'null' if n_train is None else n_train}",
            f"train.max_steps={'null' if steps is None else steps}",
            "train.eval_every=0", "train.save_every=0", "train.keep_checkpoints=1"]
+    if args.recipes == "fragments":
+        ov.append("data.bucket_lengths=null")  # as these presets always ran (SQuAD needs it)
+    elif seq and recipe is not None and recipe.data.bucket_lengths:
+        kept = [b for b in recipe.data.bucket_lengths if b <= seq]
+        ov.append(f"data.bucket_lengths={kept if kept else 'null'}")
     if args.learning_rate:
         ov.append(f"train.learning_rate={args.learning_rate}")
     return ov
 
 
 def make_config(args, task, method, target, seed, lam=None, teacher=None, total_steps=None):
+    """The config of one run of variant (or prune.method name) ``method``."""
     from mvp_jax.config import load_config
 
-    files = [ROOT / "configs" / "lab" / "sst2" / "_task.yaml",
-             ROOT / "configs" / "methods" / f"{RECIPE_FILES[method]}.yaml"]
-    ov = task_settings(args, task) + [f"train.seed={seed}"]
+    variant = variant_name(method)
+    files = config_files(args, variant)
+    recipe = recipe_config(args, variant)
+    ov = task_settings(args, task, recipe) + [f"train.seed={seed}"]
+    kind = "none" if variant == "dense" else VARIANTS[variant][0]
+    if variant != "dense":
+        ov += list(VARIANTS[variant][1])
     if total_steps is not None:
-        warm = max(1, round(args.warmup_fraction * total_steps))
+        frac = args.warmup_fraction
+        if frac is None:  # the recipe's warm-up ratio (lab: 120 / 1200)
+            r = recipe.train
+            frac = r.warmup_steps / r.max_steps if r.max_steps else 0.1
+        warm = max(1, round(frac * total_steps))
         ov += [f"train.warmup_steps={warm}", f"train.log_every={max(1, total_steps // 20)}"]
-    if method in ("magnitude", "topk"):
+    if kind in ("magnitude", "topk", "random"):
         ov.append(f"prune.final_threshold={target}")
-    if method == "sigmoied_threshold":
+    if kind == "sigmoied_threshold":
         ov.append(f"prune.final_lambda={lam}")
         if args.soft_scores_lr:
             ov.append(f"train.scores_learning_rate={args.soft_scores_lr}")
-    if method == "l0":
+    if kind == "l0":
         ov.append(f"prune.final_lambda={lam}")
         if args.l0_scores_lr:
             ov.append(f"train.scores_learning_rate={args.l0_scores_lr}")
     if teacher:
         ov.append(f"distill.teacher={teacher}")
+        for key in ("alpha_ce", "alpha_distil", "temperature"):
+            if getattr(args, key, None) is not None:
+                ov.append(f"distill.{key}={getattr(args, key)}")
     return load_config([str(f) for f in files], ov + list(args.overrides))
+
+
+def start_lambda(args, variant):
+    """The first lambda of a search: the recipe's prune.final_lambda (400 soft, 125 L0)."""
+    return float(recipe_config(args, variant).prune.final_lambda)
 
 
 _STEPS: dict = {}
@@ -221,7 +376,7 @@ _STEPS: dict = {}
 
 def total_steps_of(args, task, seed):
     """Updates of a run of ``task`` (needs the data size when the run length is in epochs)."""
-    cfg = make_config(args, task, "none", None, seed)
+    cfg = make_config(args, task, "dense", None, seed)
     if cfg.train.max_steps:
         return cfg.train.max_steps
     if (task, seed) not in _STEPS:
@@ -231,7 +386,10 @@ def total_steps_of(args, task, seed):
 
 
 def run_name(method, distill, target, seed, lam=None):
-    name = "dense" if method == "none" else f"{method}_{'kd' if distill else 'nokd'}_t{target:g}"
+    """Run directory name of variant (or prune.method name) ``method``."""
+    variant = variant_name(method)
+    name = "dense" if variant == "dense" else \
+        f"{RUN_PREFIX[variant]}_{'kd' if distill else 'nokd'}_t{target:g}"
     if lam is not None:
         name += f"_lam{lam:.4g}"
     return f"{name}_s{seed}"
@@ -265,7 +423,7 @@ class Runner:
     done: list = field(default_factory=list)
 
     def run(self, task, method, distill, target, seed, lam=None, teacher=None):
-        """One fine-prune run (or its existing results); returns a result row."""
+        """One fine-prune run of variant ``method`` (or its existing results); a result row."""
         from mvp_jax.runner import fine_prune
 
         d = Path(self.args.runs_dir) / task / run_name(method, distill, target, seed, lam)
@@ -287,6 +445,42 @@ class Runner:
         return row
 
 
+_NAME = re.compile(r"^(?P<prefix>.+?)_(?:kd|nokd)_t(?P<target>[0-9.e+-]+?)(?:_lam[^_]+)?_s-?\d+$")
+
+
+def _override_value(text):
+    import yaml
+
+    lhs, _, raw = text.partition("=")
+    section, key = lhs.split(".")
+    return section, key, yaml.safe_load(raw)
+
+
+def variant_of_run(name, method, cfg):
+    """The variant of a run directory: from its name (what this script ran), checked against
+    its prune.method and the variant's overrides in its config.yaml."""
+    if method == "none":
+        return "dense"
+    m = _NAME.match(name)
+    variant = PREFIX_VARIANT.get(m["prefix"]) if m else None
+    if variant is None or variant == "dense":  # not named by this script: from the config
+        cands = [v for v, (meth, ov) in VARIANTS.items() if meth == method and all(
+            cfg.get(s, {}).get(k) == val for s, k, val in map(_override_value, ov))]
+        if not cands:
+            raise RuntimeError(f"{name}: no variant of method {method!r} matches its config")
+        return max(cands, key=lambda v: len(VARIANTS[v][1]))
+    want, ov = VARIANTS[variant]
+    if method != want:
+        raise RuntimeError(f"{name}: named as variant {variant} (prune.method {want}) but ran "
+                           f"prune.method {method}")
+    for s, k, val in map(_override_value, ov):
+        got = cfg.get(s, {}).get(k, val)
+        if got != val:
+            raise RuntimeError(f"{name}: variant {variant} needs {s}.{k}={val}, its config has "
+                               f"{got!r}")
+    return variant
+
+
 def read_run(d: Path) -> dict:
     """A result row from a finished run directory (remaining weights counted on export/)."""
     import yaml
@@ -299,10 +493,12 @@ def read_run(d: Path) -> dict:
                            f"{res['remaining']}/{res['prunable']}")
     task = res["task"]
     method = res["method"]
+    variant = variant_of_run(d.name, method, cfg)
     lam = cfg["prune"]["final_lambda"] if method in LAMBDA_METHODS else None
     metrics = res["metrics"]["validation"]
     wall = d / "wall_seconds.txt"
-    row = {"task": task, "method": method, "distill": "yes" if cfg["distill"]["teacher"] else "no",
+    row = {"task": task, "variant": variant, "method": method,
+           "distill": "yes" if cfg["distill"]["teacher"] else "no",
            "target": None if method == "none" else float(re.search(r"_t([0-9.e+-]+?)_", d.name)[1]),
            "remaining_weights": remaining / total, "remaining": remaining, "prunable": total,
            "seed": cfg["train"]["seed"], "steps": res["step"],
@@ -342,61 +538,90 @@ def next_lambda(trials, target, default):
     return math.exp(x0 + step)
 
 
-DEFAULT_LAMBDA = {"sigmoied_threshold": 400.0, "l0": 125.0}  # reference README values
-
-
 def closest(rows, target):
     return min(rows, key=lambda r: abs(math.log(max(r["remaining_weights"], 1e-6) / target)))
 
 
-def experiment(args, runner: Runner):
-    rows, trials = [], []
+# Run order of --order informative, per target: at high sparsity (<= 10% remaining, where the
+# paper says movement wins) movement first; at low sparsity magnitude first (it should lead).
+HIGH_SPARSITY_ORDER = ("movement", "movement_paper", "magnitude", "random", "soft_movement", "l0")
+LOW_SPARSITY_ORDER = ("magnitude", "movement", "movement_paper", "random", "soft_movement", "l0")
+
+
+def plan(args):
+    """The runs in order: (task, seed, variant, distill, target) cells, dense (target None)
+    first for each task and seed; a lambda variant's cell may hold several trials."""
+    cells = []
     for task in args.tasks:
         choice = args.distill if task == "sst2" else args.squad_distill
         distills = {"no": [False], "yes": [True], "both": [False, True]}[choice]
-        methods = args.methods if task == "sst2" else args.squad_methods
+        variants = args.methods if task == "sst2" else args.squad_methods
         targets = args.targets if task == "sst2" else args.squad_targets
+        lam_targets = args.lambda_targets if task == "sst2" else targets
+        kd_variants = args.distill_methods if args.distill_methods is not None else variants
+
+        def wanted(variant, distill, target):
+            is_lam = VARIANTS[variant][0] in LAMBDA_METHODS
+            if variant not in variants or target not in (lam_targets if is_lam else targets):
+                return False
+            return not distill or (variant in kd_variants and target in args.distill_targets)
+
         for seed in args.seeds:
-            try:
-                dense = runner.run(task, "none", False, None, seed)
-            except Deadline:
-                log("deadline reached: no more runs")
-                return rows, trials
-            if dense is None:
-                continue
-            dense["selected"] = True
-            rows.append(dense)
-            teacher = str(Path(args.runs_dir) / task / dense["run"] / "export")
-            for distill in distills:
-                tlist = [t for t in targets if not distill or t in args.distill_targets]
-                for method in methods:
-                    for target in tlist:
-                        try:
-                            cell = run_cell(args, runner, task, method, distill, target, seed,
-                                            teacher, trials)
-                        except Deadline:
-                            log("deadline reached: no more runs")
-                            return rows, trials
-                        if cell:
-                            rows.append(cell)
+            cells.append((task, seed, "dense", False, None))
+            if args.order == "nested":
+                all_targets = list(targets) + [t for t in lam_targets if t not in targets]
+                for distill in distills:
+                    for variant in variants:
+                        for target in all_targets:
+                            if wanted(variant, distill, target):
+                                cells.append((task, seed, variant, distill, target))
+            else:
+                for target in sorted(set(targets) | set(lam_targets)):
+                    order = HIGH_SPARSITY_ORDER if target <= 0.1 else LOW_SPARSITY_ORDER
+                    for distill in distills:
+                        for variant in order:
+                            if wanted(variant, distill, target):
+                                cells.append((task, seed, variant, distill, target))
+    return cells
+
+
+def experiment(args, runner: Runner):
+    rows, trials = [], []
+    for task, seed, variant, distill, target in plan(args):
+        teacher = str(Path(args.runs_dir) / task / run_name("dense", False, None, seed) / "export")
+        try:
+            if variant == "dense":
+                row = runner.run(task, "dense", False, None, seed)
+                if row is not None:
+                    row["selected"] = True
+            else:
+                row = run_cell(args, runner, task, variant, distill, target, seed, teacher,
+                               trials)
+        except Deadline:
+            log("deadline reached: no more runs")
+            return rows, trials
+        if row:
+            rows.append(row)
     return rows, trials
 
 
 def run_cell(args, runner, task, method, distill, target, seed, teacher, trials):
-    """Hard-target methods: one run. Soft movement / L0: up to --lambda-trials runs for this
+    """Hard-target variants: one run. Soft movement / L0: up to --lambda-trials runs for this
     target (those already on disk for it count, with --resume-existing), each lambda from all
-    the trials so far of the same task/method/distillation/seed (secant on log-log); stops
-    when a trial lands within 25% of the target. The table picks among trials afterwards."""
+    the trials so far of the same task/variant/distillation/seed (secant on log-log, from the
+    recipe's final_lambda); stops when a trial lands within 25% of the target. The table picks
+    among trials afterwards."""
+    variant = variant_name(method)
     t = teacher if distill else None
-    if method not in LAMBDA_METHODS:
-        return runner.run(task, method, distill, target, seed, teacher=t)
+    if VARIANTS[variant][0] not in LAMBDA_METHODS:
+        return runner.run(task, variant, distill, target, seed, teacher=t)
     kd = "yes" if distill else "no"
 
     def known(kd_):
         rows = {r["run"]: r for r in trials
-                if (r["task"], r["method"], r["distill"], r["seed"]) == (task, method, kd_, seed)}
+                if (r["task"], r["variant"], r["distill"], r["seed"]) == (task, variant, kd_, seed)}
         if args.resume_existing:
-            for r in trials_on_disk(args, task, method, kd_ == "yes", seed):
+            for r in trials_on_disk(args, task, variant, kd_ == "yes", seed):
                 rows.setdefault(r["run"], r)
         return list(rows.values())
 
@@ -409,10 +634,10 @@ def run_cell(args, runner, task, method, distill, target, seed, teacher, trials)
             break
         # without trials of its own, distillation starts from the trials without it
         hist = [(r["lambda"], r["remaining_weights"]) for r in (cands or known("no"))]
-        lam = float(f"{next_lambda(hist, target, DEFAULT_LAMBDA[method]):.4g}")
+        lam = float(f"{next_lambda(hist, target, start_lambda(args, variant)):.4g}")
         if any(abs(lam - r["lambda"]) < 1e-9 for r in cands):
             break
-        row = runner.run(task, method, distill, target, seed, lam=lam, teacher=t)
+        row = runner.run(task, variant, distill, target, seed, lam=lam, teacher=t)
         if row is None:
             break
         trials.append(row)
@@ -420,8 +645,8 @@ def run_cell(args, runner, task, method, distill, target, seed, teacher, trials)
 
 
 def trials_on_disk(args, task, method, distill, seed):
-    """Finished runs of one method/distillation/seed under --runs-dir."""
-    pattern = f"{method}_{'kd' if distill else 'nokd'}_t*_s{seed}"
+    """Finished runs of one variant/distillation/seed under --runs-dir."""
+    pattern = f"{RUN_PREFIX[variant_name(method)]}_{'kd' if distill else 'nokd'}_t*_s{seed}"
     return [read_run(d) for d in sorted((Path(args.runs_dir) / task).glob(pattern))
             if (d / "eval_results.json").exists()]
 
@@ -437,8 +662,8 @@ def existing_trials(args):
 
 
 def select_from_runs(args, all_rows):
-    """The reported cells from all finished runs: hard-target methods as they are; for lambda
-    methods, per (task, method, distill, seed, target) the trial closest to the target in
+    """The reported cells from all finished runs: hard-target variants as they are; for lambda
+    variants, per (task, variant, distill, seed, target) the trial closest to the target in
     |log(remaining / target)| among the trials run for that target (the run directory names
     the target its lambda was searched for), so no run is shown twice. The other trials stay
     in lambda_trials.csv and on the plot."""
@@ -446,7 +671,7 @@ def select_from_runs(args, all_rows):
     groups = {}
     for r in all_rows:
         if r["method"] in LAMBDA_METHODS:
-            key = (r["task"], r["method"], r["distill"], r["seed"], r["target"])
+            key = (r["task"], r["variant"], r["distill"], r["seed"], r["target"])
             groups.setdefault(key, []).append(r)
     for key, cands in sorted(groups.items(), key=lambda kv: str(kv[0])):
         rows.append(dict(closest(cands, key[-1])))
@@ -454,18 +679,22 @@ def select_from_runs(args, all_rows):
 
 
 # ----------------------------------------------------------------------------------------------
-# Report: CSV, Markdown, plot
+# Report: CSV, Markdown, claims, plot
 # ----------------------------------------------------------------------------------------------
 
-COLUMNS = ["task", "method", "distill", "target", "remaining_weights", "accuracy", "exact_match",
-           "f1", "seed", "steps", "batch_size", "train_samples", "max_seq_length", "lambda",
-           "wall_s", "run"]
+COLUMNS = ["task", "variant", "method", "distill", "target", "remaining_weights", "accuracy",
+           "exact_match", "f1", "seed", "steps", "batch_size", "train_samples", "max_seq_length",
+           "lambda", "wall_s", "run"]
+
+
+def _variant(r):
+    """A row's variant (rows of CSVs written before variants existed: from the method)."""
+    return r.get("variant") or METHOD_ALIASES.get(r["method"], r["method"])
 
 
 def sort_key(r):
-    order = {"none": 0, "magnitude": 1, "topk": 2, "sigmoied_threshold": 3, "l0": 4}
-    return (TASKS.index(r["task"]), r["distill"], -(r["target"] or 2), order[r["method"]],
-            r["seed"], r.get("lambda") or 0)
+    return (TASKS.index(r["task"]), r["distill"], -(r["target"] or 2),
+            VARIANT_ORDER.index(_variant(r)), r["seed"], r.get("lambda") or 0)
 
 
 def write_csv(path, rows):
@@ -487,6 +716,7 @@ def read_csv(path):
                 r[k] = float(r[k]) if r.get(k) not in (None, "") else None
             for k in ("seed", "steps", "batch_size", "max_seq_length"):
                 r[k] = int(r[k]) if r.get(k) not in (None, "") else None
+            r["variant"] = _variant(r)
             rows.append(r)
     return rows
 
@@ -517,7 +747,7 @@ def markdown_table(rows):
         for r in trs:
             d = dense.get(r["seed"])
             delta = "" if d is None or r["method"] == "none" else f"{100 * (r[main] - d[main]):+.1f}"
-            cells = [METHOD_LABELS[r["method"]], r["distill"],
+            cells = [VARIANT_LABELS[_variant(r)], r["distill"],
                      "100" if r["method"] == "none" else _fmt(r["target"], pct=True),
                      f"{100 * r['remaining_weights']:.2f}", *[_fmt(r[m], pct=True) for m in mets],
                      delta, "" if r["lambda"] is None else f"{r['lambda']:g}", str(r["seed"]),
@@ -528,18 +758,231 @@ def markdown_table(rows):
     return "\n".join(out)
 
 
-STYLE = {"magnitude": ("tab:blue", "o"), "topk": ("tab:orange", "s"),
-         "sigmoied_threshold": ("tab:green", "^"), "l0": ("tab:red", "D")}
+def variants_note(rows):
+    """What each variant in ``rows`` is (prune.method and overrides)."""
+    present = [v for v in VARIANT_ORDER[1:] if any(_variant(r) == v for r in rows)]
+    lines = []
+    for v in present:
+        method, ov = VARIANTS[v]
+        extra = ", ".join(f"`{o}`" for o in ov)
+        lines.append(f"- {VARIANT_LABELS[v]} (`{v}`): `prune.method={method}`"
+                     + (f", {extra}" if extra else ""))
+    return "\n".join(lines)
+
+
+# --- the paper's claims, computed from the rows ---
+
+HIGH_TARGET, LOW_TARGET = 0.03, 0.5
+NOISE_POINTS = 2.0  # one seed, SST-2 dev (872 sentences): one standard error is ~1.4 points
+CHANCE = {"sst2": 0.52}  # the majority class is 50.9% of SST-2 dev
+FAR = 1.5  # a lambda variant that kept more than FAR x its target is not "at" that target
+
+
+def _cell(rows, task, variant, distill, target):
+    """Mean main metric and remaining weights over the seeds of one (variant, distillation,
+    target) of ``task``, or None when no such row exists."""
+    main = MAIN_METRIC[task]
+    group = [r for r in rows if r["task"] == task and _variant(r) == variant
+             and r["distill"] == distill and r.get("target") is not None
+             and math.isclose(float(r["target"]), target, rel_tol=1e-6)
+             and r.get(main) is not None]
+    if not group:
+        return None
+    n = len(group)
+    return {"task": task, "variant": variant, "distill": distill, "target": target, "n": n,
+            "metric": sum(float(r[main]) for r in group) / n,
+            "remaining": sum(float(r["remaining_weights"]) for r in group) / n}
+
+
+def _pct(x):
+    return f"{100 * x:g}%"
+
+
+def _describe(c):
+    kd = " + distillation" if c["distill"] == "yes" else ""
+    seeds = f", mean of {c['n']} seeds" if c["n"] > 1 else ""
+    return (f"{VARIANT_LABELS[c['variant']]}{kd} {100 * c['metric']:.1f}% "
+            f"({100 * c['remaining']:.2f}% remaining{seeds})")
+
+
+def _versus(task, a, others):
+    """(verdict, detail): held when ``a`` is strictly above every row of ``others``."""
+    best = max(others, key=lambda c: c["metric"])
+    delta = round(100 * (a["metric"] - best["metric"]), 6)  # no float noise in ties
+    verdict = "held" if delta > 0 else "not held"
+    detail = f"{_describe(a)} vs " + ", ".join(_describe(o) for o in others)
+    detail += f"; Δ {delta:+.1f} points" + (f" vs {VARIANT_LABELS[best['variant']]}"
+                                            + (" + distillation" if best["distill"] == "yes"
+                                               else "") if len(others) > 1 else "")
+    notes = []
+    if abs(delta) < NOISE_POINTS:
+        notes.append(f"margin under {NOISE_POINTS:g} points: within single-seed noise")
+    chance = CHANCE.get(task)
+    if chance is not None and a["metric"] <= chance and best["metric"] <= chance:
+        notes.append("both at the majority class")
+    elif chance is not None and a["metric"] <= chance:
+        notes.append(f"{VARIANT_LABELS[a['variant']]} is at the majority class")
+    if notes:
+        detail += " (" + "; ".join(notes) + ")"
+    return verdict, detail
+
+
+def claims(rows, high=HIGH_TARGET, low=LOW_TARGET):
+    """The paper's claims as verdicts computed from result rows (runs without distillation at
+    the same target, main metric averaged over seeds): a list of dicts with task, claim,
+    variant (the variant the statement is about; None where no run exists), verdict ("held",
+    "not held", "not run" or "not comparable") and detail (the numbers)."""
+    out = []
+    for task in TASKS:
+        trs = [r for r in rows if r["task"] == task]
+        if not trs:
+            continue
+
+        def add(claim, variant, verdict, detail):
+            out.append({"task": task, "claim": claim, "variant": variant, "verdict": verdict,
+                        "detail": detail})
+
+        def cell(variant, target, distill="no"):
+            return _cell(trs, task, variant, distill, target)
+
+        def others_at(target, but):
+            """The other variants' cells at ``target``, without those that kept more than
+            FAR x the target (a lambda that missed it), and a note naming those."""
+            cells = [c for v in VARIANT_ORDER[1:] if v != but for c in [cell(v, target)] if c]
+            far = [c for c in cells if c["remaining"] > FAR * target]
+            note = "; left out, too far above the target: " + ", ".join(map(_describe, far)) \
+                if far else ""
+            return [c for c in cells if c not in far], note
+
+        present = {_variant(r) for r in trs}
+        movements = [v for v in MOVEMENT_VARIANTS if v in present]
+        H, L = _pct(high), _pct(low)
+
+        claim = f"movement beats magnitude at {H}"
+        mag = cell("magnitude", high)
+        if not movements:
+            add(claim, None, "not run", "no movement run")
+        for v in movements:
+            mv = cell(v, high)
+            if mv is None or mag is None:
+                missing = [VARIANT_LABELS[m] for m, c in ((v, mv), ("magnitude", mag)) if c is None]
+                add(claim, v, "not run", f"no run at {H} of " + " or ".join(missing))
+            else:
+                add(claim, v, *_versus(task, mv, [mag]))
+
+        claim = f"soft movement is the best method at {H}"
+        soft, (others, note) = cell("soft_movement", high), others_at(high, "soft_movement")
+        if soft is None or not others:
+            add(claim, "soft_movement", "not run",
+                f"no soft movement run for {H}" if soft is None else f"no other method at {H}")
+        elif soft["remaining"] > FAR * high:
+            add(claim, "soft_movement", "not comparable",
+                f"its lambda missed the target: {_describe(soft)}; the others at {H}: "
+                + ", ".join(_describe(o) for o in others))
+        else:
+            verdict, detail = _versus(task, soft, others)
+            add(claim, "soft_movement", verdict, detail + note)
+
+        claim = f"magnitude is the best method at {L}"
+        mag, (others, note) = cell("magnitude", low), others_at(low, "magnitude")
+        if mag is None or not others:
+            add(claim, "magnitude", "not run",
+                f"no magnitude run at {L}" if mag is None else f"no other method at {L}")
+        else:
+            verdict, detail = _versus(task, mag, others)
+            add(claim, "magnitude", verdict, detail + note)
+
+        claim = "distillation helps"
+        pairs = sorted({(_variant(r), float(r["target"])) for r in trs
+                        if r["distill"] == "yes" and r.get("target") is not None},
+                       key=lambda p: (VARIANT_ORDER.index(p[0]), p[1]))
+        if not pairs:
+            add(claim, None, "not run", "no run with distillation")
+        for v, t in pairs:
+            kd, no = cell(v, t, "yes"), cell(v, t, "no")
+            if no is None:
+                add(claim, v, "not run", f"no {VARIANT_LABELS[v]} run without distillation "
+                                         f"at {_pct(t)} to compare with")
+            elif max(kd["remaining"], no["remaining"]) > FAR * min(kd["remaining"],
+                                                                   no["remaining"]):
+                add(claim, v, "not comparable",
+                    f"at {_pct(t)}: {_describe(kd)} vs {_describe(no)}: lambda left them more "
+                    f"than {FAR:g}x apart in remaining weights")
+            else:
+                verdict, detail = _versus(task, kd, [no])
+                add(claim, v, verdict, f"at {_pct(t)}: {detail}")
+
+        claim = "movement beats the random control"
+        targets = sorted({float(r["target"]) for r in trs if r.get("target") is not None
+                          and r["distill"] == "no"
+                          and _variant(r) in (*MOVEMENT_VARIANTS, "random")})
+        if not movements or not targets:
+            add(claim, None, "not run", "no movement or random run")
+        for v in movements:
+            for t in targets:
+                mv, rnd = cell(v, t), cell("random", t)
+                if mv is None or rnd is None:
+                    missing = [VARIANT_LABELS[m] for m, c in ((v, mv), ("random", rnd))
+                               if c is None]
+                    add(f"{claim} at {_pct(t)}", v, "not run",
+                        f"no run at {_pct(t)} of " + " or ".join(missing))
+                else:
+                    add(f"{claim} at {_pct(t)}", v, *_versus(task, mv, [rnd]))
+    return out
+
+
+def claims_markdown(items):
+    """The claims as Markdown: one bullet per computed statement, grouped by task."""
+    if not items:
+        return ""
+    out = ["### Which of the paper's claims held (computed from the rows above)\n",
+           "Each verdict compares the main metric (accuracy on SST-2, F1 on the SQuAD-dev "
+           "split; mean over seeds) of runs without distillation at the same target (soft "
+           "movement and L0: the target their lambda was searched for). \"held\": strictly "
+           "higher; \"not run\": a run it needs is missing; \"not comparable\": a lambda method "
+           f"kept more than {FAR:g}x its target (or, for distillation, the two runs are more "
+           f"than {FAR:g}x apart in remaining weights); other methods that kept more than "
+           f"{FAR:g}x the target are left out of a \"best method\" comparison. A margin under "
+           f"{NOISE_POINTS:g} points is flagged: one seed on SST-2's 872 dev sentences cannot "
+           "separate it.\n"]
+    for task in TASKS:
+        mine = [c for c in items if c["task"] == task]
+        if not mine:
+            continue
+        out.append(f"**{TASK_LABELS[task]}**\n")
+        for c in mine:
+            who = f" [{VARIANT_LABELS[c['variant']]}]" if c["variant"] else ""
+            out.append(f"- {c['claim'][0].upper() + c['claim'][1:]}{who}: **{c['verdict']}**. "
+                       f"{c['detail']}.")
+        out.append("")
+    return "\n".join(out)
+
+
+def line_style(variant, distill):
+    """(color, marker, linestyle, marker face) of a variant's line on the plot: one color and
+    marker per variant; dashed with hollow markers with distillation; the random control grey
+    and dashed (dotted with distillation)."""
+    if variant == "random":
+        return "grey", "x", ":" if distill == "yes" else "--", "grey"
+    color, marker = STYLE[variant]
+    return color, marker, "--" if distill == "yes" else "-", "white" if distill == "yes" else color
+
+
+STYLE = {"magnitude": ("tab:blue", "o"), "movement_paper": ("tab:orange", "s"),
+         "movement": ("tab:purple", "v"), "soft_movement": ("tab:green", "^"),
+         "l0": ("tab:red", "D"), "random": ("grey", "x")}
 
 
 def plot(rows, path, title=None, trials=()):
-    """Metric against remaining weights (log x), one line per method, dense as a horizontal
-    line; solid without distillation, dashed with; one panel per task. Lambda trials that are
-    not in the table are drawn as faint unconnected markers."""
+    """Metric against remaining weights (log x), one line per variant, dense as a horizontal
+    line; solid without distillation, dashed with; the random control grey and dashed; one
+    panel per task. Lambda trials that are not in the table are drawn as faint unconnected
+    markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     fig, axes = plt.subplots(1, max(1, len(tasks)), figsize=(6.2 * max(1, len(tasks)), 4.6),
@@ -551,11 +994,11 @@ def plot(rows, path, title=None, trials=()):
         if dense:
             ax.axhline(100 * sum(dense) / len(dense), color="black", lw=1.2,
                        label="dense fine-tuning")
-        for method in METHODS:
+        for variant in VARIANT_ORDER[1:]:
             for distill in ("no", "yes"):
                 pts = {}
                 for r in trs:
-                    if r["method"] == method and r["distill"] == distill:
+                    if _variant(r) == variant and r["distill"] == distill:
                         pts.setdefault(r["target"], []).append(r)
                 if not pts:
                     continue
@@ -565,21 +1008,31 @@ def plot(rows, path, title=None, trials=()):
                     xs.append(100 * sum(g["remaining_weights"] for g in group) / len(group))
                     ys.append(100 * sum(g[main] for g in group) / len(group))
                 order = sorted(range(len(xs)), key=lambda i: xs[i])
-                color, marker = STYLE[method]
+                color, marker, ls, mfc = line_style(variant, distill)
                 ax.plot([xs[i] for i in order], [ys[i] for i in order], color=color,
-                        marker=marker, ls="--" if distill == "yes" else "-",
-                        mfc="white" if distill == "yes" else color,
-                        label=METHOD_LABELS[method] + (" + distillation" if distill == "yes" else ""))
+                        marker=marker, ls=ls, mfc=mfc,
+                        label=VARIANT_LABELS[variant]
+                        + (" + distillation" if distill == "yes" else ""))
         shown = {(r["run"], r["distill"]) for r in trs}
         extra = [r for r in trials if r["task"] == task and (r["run"], r["distill"]) not in shown]
         for r in extra:
-            color, marker = STYLE[r["method"]]
+            color, marker = STYLE[_variant(r)]
             ax.plot([100 * r["remaining_weights"]], [100 * r[main]], ls="none", marker=marker,
                     color=color, alpha=0.35, ms=5)
         if extra:
             ax.plot([], [], ls="none", marker="o", color="grey", alpha=0.35,
                     label="other lambda trials")
         ax.set_xscale("log")
+        xs_all = [100 * r["remaining_weights"] for r in trs] + \
+            [100 * r["remaining_weights"] for r in extra]
+        if xs_all:  # plain percentages at round values, not 3x10^0
+            lo, hi = min(xs_all) / 1.3, max(xs_all) * 1.3
+            ticks = [t for t in (0.1, 0.3, 0.5, 1, 2, 3, 5, 10, 15, 20, 30, 50, 100)
+                     if lo <= t <= hi]
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            if ticks:
+                ax.set_xticks(ticks)
+                ax.set_xticklabels([f"{t:g}" for t in ticks])
         ax.set_xlabel("remaining encoder weights (%), counted on the exported model")
         ax.set_ylabel(f"{main} (%)")
         ax.set_title(TASK_LABELS[task])
@@ -604,15 +1057,26 @@ def device_line():
 
 
 def report(rows, trials, out, command, device):
+    """results.csv, lambda_trials.csv, results.md (table, variants, claims) and figure2.png
+    under ``out``; returns the claims."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", rows)
     write_csv(out / "lambda_trials.csv", trials)
+    items = claims(rows)
     header = (f"<!-- written by benchmarks/reproduce.py; do not edit -->\n"
               f"Command: `{command}`  \nDevice: {device}\n\n")
-    (out / "results.md").write_text(header + markdown_table(rows))
+    if rows:
+        body = [markdown_table(rows), "Variants:\n\n" + variants_note(rows) + "\n",
+                "![metric against remaining encoder weights](figure2.png)\n\nSolid lines: "
+                "without distillation; dashed, hollow markers: with; grey dashed with x "
+                "markers: the random control; black: dense.\n", claims_markdown(items)]
+    else:
+        body = ["No finished runs under the runs directory yet.\n"]
+    (out / "results.md").write_text(header + "\n".join(b for b in body if b))
     plot(rows, out / "figure2.png", title=f"mvp_jax benchmarks/reproduce.py - {device}",
          trials=trials)
+    return items
 
 
 def main(argv=None):
@@ -621,12 +1085,16 @@ def main(argv=None):
     command = "python benchmarks/reproduce.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if not args.report_only:
         log(f"settings: {vars(args)}")
+        log("plan: " + ", ".join(
+            "dense" if v == "dense" else f"{v}{'+kd' if kd else ''}@{t:g}"
+            for _, _, v, kd, t in plan(args)))
         experiment(args, Runner(args))
     # the table is made from the finished runs on disk (all of --runs-dir for --tasks)
     all_rows = existing_trials(args)
     rows = select_from_runs(args, all_rows)
     trials = [r for r in all_rows if r["method"] in LAMBDA_METHODS]
-    report(rows, trials, args.out, command, device_line())
+    items = report(rows, trials, args.out, command, device_line())
+    print(claims_markdown(items), flush=True)
     log(f"wrote {args.out}/results.csv, results.md, lambda_trials.csv, figure2.png "
         f"({len(rows)} rows)")
 

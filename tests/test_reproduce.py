@@ -1,6 +1,7 @@
 """Smoke test of benchmarks/reproduce.py's bookkeeping: reading run directories (remaining
-weights counted on the exported tensors), choosing lambda trials, the table and the plot.
-Fake run directories, no training: a few seconds."""
+weights counted on the exported tensors), choosing lambda trials, the table and the plot, the
+variants' configs, the cpu-lab run order and the claims computed from result rows. Fake run
+directories, no training: a few seconds."""
 
 import importlib.util
 import json
@@ -25,10 +26,14 @@ def rp():
     sys.modules.pop("reproduce", None)
 
 
-def fake_run(rp, root, task, method, distill, target, seed, keep, metric, lam=None, lie=False):
-    """A finished-looking run directory whose export keeps ``keep`` of its encoder weights."""
+def fake_run(rp, root, task, method, distill, target, seed, keep, metric, lam=None, lie=False,
+             prune_set=None):
+    """A finished-looking run directory of variant (or prune.method) ``method`` whose export
+    keeps ``keep`` of its encoder weights; its config.yaml holds the variant's prune overrides
+    (or ``prune_set``)."""
     from safetensors.numpy import save_file
 
+    variant = rp.variant_name(method)
     d = Path(root) / task / rp.run_name(method, distill, target, seed, lam)
     (d / "export").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -49,12 +54,17 @@ def fake_run(rp, root, task, method, distill, target, seed, keep, metric, lam=No
     metrics = ({"accuracy": metric} if task == "sst2"  # SQuAD metrics are in percent
                else {"exact_match": 100 * (metric - 0.1), "f1": 100 * metric})
     (d / "eval_results.json").write_text(json.dumps({
-        "task": task, "method": method, "step": 5, "remaining_weights": remaining / 256,
+        "task": task, "method": "none" if variant == "dense" else rp.VARIANTS[variant][0],
+        "step": 5, "remaining_weights": remaining / 256,
         "remaining": remaining, "prunable": 256, "main_metric": rp.MAIN_METRIC[task],
         "metrics": {"validation": metrics}}))
     cfg = {"train": {"seed": seed, "batch_size": 4, "max_steps": 5},
            "data": {"max_train_samples": 20}, "task": {"max_seq_length": 32},
-           "prune": {"final_lambda": lam or 0.0}, "distill": {"teacher": "/t" if distill else None}}
+           "prune": {"final_lambda": lam or 0.0, "mask_init": "constant", "mask_scale": 0.0},
+           "distill": {"teacher": "/t" if distill else None}}
+    for o in prune_set if prune_set is not None else rp.VARIANTS.get(variant, ("", []))[1]:
+        key, _, value = o.partition("=")
+        cfg["prune"][key.split(".")[1]] = yaml.safe_load(value)
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
     return d
 
@@ -126,3 +136,239 @@ def test_export_count_mismatch_is_an_error(rp, tmp_path):
     d = fake_run(rp, tmp_path, "sst2", "topk", False, 0.1, 1, 0.1, 0.8, lie=True)
     with pytest.raises(RuntimeError, match="differ from eval_results"):
         rp.read_run(d)
+
+
+# ----------------------------------------------------------------------------------------------
+# Variants, the cpu-lab preset, the claims
+# ----------------------------------------------------------------------------------------------
+
+
+def test_variant_names_and_aliases(rp):
+    assert rp.variant_name("topk") == "movement_paper"
+    assert rp.variant_name("sigmoied_threshold") == "soft_movement"
+    assert rp.variant_name("movement") == "movement" and rp.variant_name("random") == "random"
+    with pytest.raises(ValueError, match="unknown method or variant"):
+        rp.variant_name("movment")
+    args = rp.resolve_args(["--preset", "cpu-lab", "--methods", "topk,movement,l0"])
+    assert args.methods == ["movement_paper", "movement", "l0"]
+    with pytest.raises(SystemExit):
+        rp.resolve_args(["--preset", "cpu-lab", "--methods", "movment"])
+    with pytest.raises(SystemExit):  # the lab recipes are SST-2's
+        rp.resolve_args(["--preset", "cpu-lab", "--tasks", "sst2,squad_dev_split"])
+    # run directories: the paper's four keep their method-named directories
+    assert rp.run_name("movement_paper", False, 0.03, 42) == "topk_nokd_t0.03_s42"
+    assert rp.run_name("topk", False, 0.03, 42) == "topk_nokd_t0.03_s42"
+    assert rp.run_name("movement", True, 0.03, 42) == "movement_kd_t0.03_s42"
+    assert rp.run_name("soft_movement", False, 0.03, 42, 400.0) == \
+        "sigmoied_threshold_nokd_t0.03_lam400_s42"
+
+
+def test_variant_configs_resolve(rp):
+    """cpu-lab: each variant's config is its lab recipe with the preset's overrides on top."""
+    args = rp.resolve_args(["--preset", "cpu-lab"])
+    assert args.recipes == "lab" and args.max_steps == 600 and args.tasks == ["sst2"]
+    assert args.runs_dir.endswith("reproduce_cpu_lab")
+    want = {"dense": ("none", "constant", 0.0), "magnitude": ("magnitude", "constant", 0.0),
+            "movement_paper": ("topk", "constant", 0.0), "movement": ("topk", "magnitude", 2.0),
+            "random": ("random", "constant", 0.0),
+            "soft_movement": ("sigmoied_threshold", "constant", 0.0),
+            "l0": ("l0", "constant", 2.197)}
+    for variant, (method, init, scale) in want.items():
+        lam = rp.start_lambda(args, variant) if method in rp.LAMBDA_METHODS else None
+        cfg = rp.make_config(args, "sst2", variant, 0.03, 42, lam=lam, total_steps=600)
+        assert (cfg.prune.method, cfg.prune.mask_init, cfg.prune.mask_scale) == \
+            (method, init, scale), variant
+        # the recipe's schedule and data, the preset's length: warm-up scaled 120/1200 -> 60/600
+        assert cfg.train.max_steps == 600 and cfg.train.warmup_steps == 60
+        assert (cfg.prune.initial_warmup, cfg.prune.final_warmup) == (2.0, 3.0)
+        assert cfg.train.learning_rate == 1e-4 and cfg.train.batch_size == 32
+        assert cfg.data.max_train_samples is None and cfg.task.max_seq_length == 64
+        assert cfg.data.bucket_lengths == (16, 24, 32, 48, 64)
+        assert cfg.train.seed == 42 and cfg.distill.teacher is None
+        if method in ("magnitude", "topk", "random"):
+            assert cfg.prune.final_threshold == 0.03
+    soft = rp.make_config(args, "sst2", "soft_movement", 0.03, 42, lam=400.0, total_steps=600)
+    assert rp.start_lambda(args, "soft_movement") == 400.0
+    assert soft.prune.final_lambda == 400.0 and soft.train.scores_learning_rate == 0.01
+    kd = rp.make_config(args, "sst2", "movement", 0.03, 42, teacher="/runs/dense_s42/export",
+                        total_steps=600)
+    assert kd.distill.teacher == "/runs/dense_s42/export"
+    assert (kd.distill.alpha_ce, kd.distill.alpha_distil, kd.distill.temperature) == \
+        (0.1, 0.9, 2.0)
+    # the recipe's own length: its own warm-up; a shorter sequence keeps the buckets below it
+    args = rp.resolve_args(["--preset", "cpu-lab", "--max-steps", "1200", "--max-seq-length",
+                            "32"])
+    cfg = rp.make_config(args, "sst2", "movement", 0.5, 42, total_steps=1200)
+    assert cfg.train.warmup_steps == 120 and cfg.task.max_seq_length == 32
+    assert cfg.data.bucket_lengths == (16, 24, 32)
+    # cpu-reduced keeps its meaning: _task.yaml + method fragment, topk = the paper's movement
+    args = rp.resolve_args(["--preset", "cpu-reduced"])
+    cfg = rp.make_config(args, "sst2", "topk", 0.1, 42, total_steps=60)
+    assert (cfg.prune.method, cfg.prune.mask_init, cfg.prune.mask_scale) == \
+        ("topk", "constant", 0.0)
+    assert (cfg.prune.initial_warmup, cfg.prune.final_warmup) == (1.0, 2.0)
+    assert cfg.train.warmup_steps == 6 and cfg.train.batch_size == 16
+    assert cfg.train.learning_rate == 3e-4 and cfg.data.bucket_lengths is None
+    assert cfg.distill.alpha_ce == 0.5  # no distillation overrides in this preset
+    cfg = rp.make_config(args, "sst2", "movement", 0.1, 42, total_steps=60)
+    assert (cfg.prune.method, cfg.prune.mask_init, cfg.prune.mask_scale) == \
+        ("topk", "magnitude", 2.0)
+
+
+def test_cpu_lab_plan_order(rp):
+    plan = [(v, kd, t) for _, _, v, kd, t in rp.plan(rp.resolve_args(["--preset", "cpu-lab"]))]
+    assert plan == [("dense", False, None),
+                    ("movement", False, 0.03), ("movement_paper", False, 0.03),
+                    ("magnitude", False, 0.03), ("random", False, 0.03),
+                    ("soft_movement", False, 0.03), ("movement", True, 0.03),
+                    ("magnitude", False, 0.5), ("movement", False, 0.5),
+                    ("movement_paper", False, 0.5), ("random", False, 0.5)]
+    # L0 when asked for: after soft movement, at the lambda targets only
+    args = rp.resolve_args(["--preset", "cpu-lab", "--methods",
+                            "movement,movement_paper,magnitude,random,soft_movement,l0"])
+    plan = [(v, kd, t) for _, _, v, kd, t in rp.plan(args)]
+    assert plan.index(("l0", False, 0.03)) == plan.index(("soft_movement", False, 0.03)) + 1
+    assert ("l0", False, 0.5) not in plan and len(plan) == 12
+    # cpu-reduced: the nested order as before (dense, then distillation, method, target)
+    plan = rp.plan(rp.resolve_args(["--preset", "cpu-reduced"]))
+    assert len(plan) == 1 + 4 * 3 + 4 * 2 + 3
+    assert plan[:3] == [("sst2", 42, "dense", False, None), ("sst2", 42, "magnitude", False, 0.5),
+                        ("sst2", 42, "magnitude", False, 0.1)]
+    assert plan[-2:] == [("squad_dev_split", 42, "magnitude", False, 0.1),
+                         ("squad_dev_split", 42, "movement_paper", False, 0.1)]
+
+
+def _row(variant, target, acc, distill="no", remaining=None, seed=42):
+    method = "none" if variant == "dense" else None
+    return {"task": "sst2", "variant": variant, "method": method or "x", "distill": distill,
+            "target": target, "accuracy": acc, "seed": seed,
+            "remaining_weights": remaining if remaining is not None else (target or 1.0)}
+
+
+def _verdicts(items):
+    return {(c["claim"], c["variant"]): c["verdict"] for c in items}
+
+
+def test_claims_held_and_not_held(rp):
+    rows = [_row("dense", None, 0.85),
+            _row("movement", 0.03, 0.80), _row("movement_paper", 0.03, 0.509),
+            _row("magnitude", 0.03, 0.70), _row("random", 0.03, 0.60),
+            _row("soft_movement", 0.03, 0.82, remaining=0.028),
+            _row("movement", 0.03, 0.81, distill="yes"),
+            _row("magnitude", 0.5, 0.84), _row("movement", 0.5, 0.83),
+            _row("movement_paper", 0.5, 0.509), _row("random", 0.5, 0.86)]
+    items = rp.claims(rows)
+    assert _verdicts(items) == {
+        ("movement beats magnitude at 3%", "movement"): "held",
+        ("movement beats magnitude at 3%", "movement_paper"): "not held",
+        ("soft movement is the best method at 3%", "soft_movement"): "held",
+        ("magnitude is the best method at 50%", "magnitude"): "not held",  # random is above
+        ("distillation helps", "movement"): "held",
+        ("movement beats the random control at 3%", "movement"): "held",
+        ("movement beats the random control at 3%", "movement_paper"): "not held",
+        ("movement beats the random control at 50%", "movement"): "not held",
+        ("movement beats the random control at 50%", "movement_paper"): "not held",
+    }
+    by = {(c["claim"], c["variant"]): c["detail"] for c in items}
+    assert "movement (scores from magnitude) 80.0% (3.00% remaining) vs magnitude 70.0%" in \
+        by["movement beats magnitude at 3%", "movement"]
+    assert "Δ +10.0 points" in by["movement beats magnitude at 3%", "movement"]
+    assert "at the majority class" in by["movement beats magnitude at 3%", "movement_paper"]
+    assert "within single-seed noise" in by["distillation helps", "movement"]  # +1.0 point
+    assert "vs random (control)" in by["magnitude is the best method at 50%", "magnitude"]
+    soft = by["soft movement is the best method at 3%", "soft_movement"]
+    assert "Δ +2.0 points vs movement (scores from magnitude)" in soft and "noise" not in soft
+    md = rp.claims_markdown(items)
+    assert "### Which of the paper's claims held" in md
+    assert "- Movement beats magnitude at 3% [movement (scores from magnitude)]: **held**." in md
+    assert "- Movement beats magnitude at 3% [movement (paper: scores from 0)]: **not held**." in md
+    # ties are not wins; seeds are averaged
+    rows = [_row("magnitude", 0.5, 0.80), _row("movement", 0.5, 0.80),
+            _row("magnitude", 0.03, 0.70, seed=1), _row("magnitude", 0.03, 0.60, seed=2),
+            _row("movement", 0.03, 0.66)]
+    v = _verdicts(rp.claims(rows))
+    assert v["magnitude is the best method at 50%", "magnitude"] == "not held"
+    assert v["movement beats magnitude at 3%", "movement"] == "held"  # 66 > mean(70, 60)
+
+
+def test_claims_not_run_and_not_comparable(rp):
+    # only dense and magnitude at 50%: nothing to compare with
+    v = _verdicts(rp.claims([_row("dense", None, 0.85), _row("magnitude", 0.5, 0.84)]))
+    assert v == {("movement beats magnitude at 3%", None): "not run",
+                 ("soft movement is the best method at 3%", "soft_movement"): "not run",
+                 ("magnitude is the best method at 50%", "magnitude"): "not run",
+                 ("distillation helps", None): "not run",
+                 ("movement beats the random control", None): "not run"}
+    # movement without magnitude at 3%, without random at 50%; a distilled run alone;
+    # soft movement whose lambda left 10% for a 3% target
+    rows = [_row("movement", 0.03, 0.8), _row("movement", 0.5, 0.83),
+            _row("random", 0.03, 0.6), _row("movement", 0.5, 0.84, distill="yes"),
+            _row("soft_movement", 0.03, 0.82, remaining=0.10)]
+    items = rp.claims(rows)
+    v = _verdicts(items)
+    assert v["movement beats magnitude at 3%", "movement"] == "not run"
+    assert v["soft movement is the best method at 3%", "soft_movement"] == "not comparable"
+    assert v["distillation helps", "movement"] == "held"
+    assert v["movement beats the random control at 3%", "movement"] == "held"
+    assert v["movement beats the random control at 50%", "movement"] == "not run"
+    assert ("movement beats magnitude at 3%", "movement_paper") not in v  # not in the rows
+    detail = {(c["claim"], c["variant"]): c["detail"] for c in items}
+    assert "no run at 3% of magnitude" in detail["movement beats magnitude at 3%", "movement"]
+    assert "no run at 50% of random (control)" in \
+        detail["movement beats the random control at 50%", "movement"]
+    # distillation: lambda runs far apart in sparsity do not compare; an L0 run that kept far
+    # more than the target is left out of "soft movement is the best method"
+    rows = [_row("soft_movement", 0.03, 0.70, remaining=0.028),
+            _row("soft_movement", 0.03, 0.72, distill="yes", remaining=0.005),
+            _row("magnitude", 0.03, 0.60), _row("l0", 0.03, 0.80, remaining=0.10)]
+    items = rp.claims(rows)
+    v = _verdicts(items)
+    assert v["distillation helps", "soft_movement"] == "not comparable"
+    assert v["soft movement is the best method at 3%", "soft_movement"] == "held"
+    detail = {(c["claim"], c["variant"]): c["detail"] for c in items}
+    assert "left out, too far above the target: L0 regularization 80.0% (10.00% remaining)" in \
+        detail["soft movement is the best method at 3%", "soft_movement"]
+
+
+def test_lab_report_from_fake_runs(rp, tmp_path):
+    """Variant run directories -> rows with their variant, the CSV's variant column, the
+    table's labels and the claims in results.md; a run whose config contradicts its name is an
+    error."""
+    runs = tmp_path / "runs"
+    fake_run(rp, runs, "sst2", "dense", False, None, 42, 1.0, 0.85)
+    fake_run(rp, runs, "sst2", "movement", False, 0.03, 42, 0.03, 0.80)
+    fake_run(rp, runs, "sst2", "movement_paper", False, 0.03, 42, 0.03, 0.509)
+    fake_run(rp, runs, "sst2", "magnitude", False, 0.03, 42, 0.03, 0.70)
+    fake_run(rp, runs, "sst2", "random", False, 0.03, 42, 0.03, 0.60)
+    fake_run(rp, runs, "sst2", "soft_movement", False, 0.03, 42, 0.03, 0.82, lam=400.0)
+    fake_run(rp, runs, "sst2", "movement", True, 0.03, 42, 0.03, 0.81)
+    args = rp.resolve_args(["--preset", "cpu-lab", "--runs-dir", str(runs), "--out",
+                            str(tmp_path / "out"), "--report-only"])
+    all_rows = rp.existing_trials(args)
+    by_run = {r["run"]: r for r in all_rows}
+    assert by_run["movement_nokd_t0.03_s42"]["variant"] == "movement"
+    assert by_run["topk_nokd_t0.03_s42"]["variant"] == "movement_paper"
+    assert by_run["random_nokd_t0.03_s42"]["method"] == "random"
+    assert by_run["sigmoied_threshold_nokd_t0.03_lam400_s42"]["variant"] == "soft_movement"
+    rows = rp.select_from_runs(args, all_rows)
+    trials = [r for r in all_rows if r["method"] in rp.LAMBDA_METHODS]
+    items = rp.report(rows, trials, tmp_path / "out", "python benchmarks/reproduce.py "
+                      "--preset cpu-lab --report-only", "CPU (test), 2 cores, 2026-01-01")
+    csv_rows = rp.read_csv(tmp_path / "out" / "results.csv")
+    assert {(r["variant"], r["method"], r["distill"]) for r in csv_rows} == {
+        ("dense", "none", "no"), ("movement", "topk", "no"), ("movement_paper", "topk", "no"),
+        ("magnitude", "magnitude", "no"), ("random", "random", "no"),
+        ("soft_movement", "sigmoied_threshold", "no"), ("movement", "topk", "yes")}
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| movement (scores from magnitude) | no | 3.0 |" in md
+    assert "| movement (paper: scores from 0) | no | 3.0 |" in md
+    assert "| random (control) | no | 3.0 |" in md
+    assert "`prune.mask_init=magnitude`" in md
+    assert "Soft movement is the best method at 3% [soft movement]: **held**" in md
+    assert _verdicts(items)["movement beats magnitude at 3%", "movement"] == "held"
+    assert (tmp_path / "out" / "figure2.png").read_bytes()[:4] == b"\x89PNG"
+    # named movement (scores from magnitude) but its scores started at 0
+    bad = fake_run(rp, tmp_path / "bad", "sst2", "movement", False, 0.5, 42, 0.5, 0.8,
+                   prune_set=["prune.mask_init=constant"])
+    with pytest.raises(RuntimeError, match="variant movement needs prune.mask_init=magnitude"):
+        rp.read_run(bad)
