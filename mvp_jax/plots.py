@@ -357,7 +357,7 @@ def _select(run: RunWeights, paths: Sequence[str] | str | None):
 def _method_title(run: RunWeights) -> str:
     names = {"magnitude": "Magnitude pruning", "topk": "Movement pruning",
              "sigmoied_threshold": "Soft movement pruning", "l0": "L0 regularization",
-             "none": "No pruning"}
+             "random": "Random pruning (control)", "none": "No pruning"}
     return f"{names.get(run.method, run.method)} ({100 * run.keep:.0f}% kept, step {run.step})"
 
 

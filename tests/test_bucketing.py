@@ -244,6 +244,8 @@ BAD_BUCKETS = [
     (["task.name=squad", "data.bucket_lengths=[128]"],
      "data.bucket_lengths applies to classification and regression tasks"),
     (["train.rng_impl=philox"], "train.rng_impl"),
+    (["train.optimizer=lamb"], "unknown train.optimizer 'lamb'"),
+    (["prune.mask_init=xavier"], "unknown prune.mask_init 'xavier'"),
 ]
 
 
