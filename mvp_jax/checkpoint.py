@@ -4,16 +4,48 @@ restore the latest. The step lives inside the state, never in a folder name.
 Sharded and multi-host: every process calls ``save``/``restore`` (orbax writes each array's
 shards from the processes that hold them, process 0 the metadata); ``restore`` reads into the
 shardings of the template, so a checkpoint written on one mesh (or by several processes)
-resumes on another."""
+resumes on another.
+
+A save writes ``<step>.orbax-checkpoint-tmp`` and renames it to ``<step>`` when complete, so a
+process killed during a save leaves only the temporary folder: it is reported, removed, and the
+previous complete checkpoint is the latest. A complete checkpoint that cannot be read (a
+truncated or corrupted file) raises ``CheckpointError`` naming it.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 from typing import Any
 
 import flax
 import jax
 import orbax.checkpoint as ocp
+
+from mvp_jax.errors import MissingFileError
+from mvp_jax.models.loading import CheckpointError
+from mvp_jax.rundir import pause_for_test
+
+_INCOMPLETE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+
+
+class _Handler(ocp.StandardCheckpointHandler):
+    """orbax's standard handler, with the ``save`` test pause while the files are half written
+    (``mvp_jax.rundir.pause_for_test``)."""
+
+    async def async_save(self, directory, *args, **kwargs):
+        futures = await super().async_save(directory, *args, **kwargs)
+        pause_for_test("save")
+        return futures
+
+
+def incomplete_checkpoints(directory: str) -> list[int]:
+    """Steps whose save was interrupted (a temporary folder and no complete one), ascending."""
+    if not os.path.isdir(directory):
+        return []
+    steps = {int(m.group(1)) for e in os.listdir(directory) if (m := _INCOMPLETE.match(e))}
+    return sorted(s for s in steps if not os.path.isdir(os.path.join(directory, str(s))))
 
 
 class CheckpointManager:
@@ -21,14 +53,25 @@ class CheckpointManager:
 
     def __init__(self, directory: str, keep: int = 2):
         self.directory = os.path.abspath(directory)
+        for step in incomplete_checkpoints(self.directory):
+            print(f"mvp-jax: warning: checkpoint {step} in {self.directory} was not finished "
+                  "(the process stopped while saving it); it is skipped", file=sys.stderr)
+        registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+        handler = _Handler()
+        registry.add(None, ocp.args.StandardSave, handler)
+        registry.add(None, ocp.args.StandardRestore, handler)
         self._mngr = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True),
-            item_handlers=ocp.StandardCheckpointHandler(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True,
+                                                 cleanup_tmp_directories=True),
+            handler_registry=registry,
         )
 
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._mngr.all_steps())
 
     def save(self, state: Any, *, force: bool = True) -> None:
         step = int(jax.device_get(state.step))
@@ -38,20 +81,38 @@ class CheckpointManager:
                         force=force)
         self._mngr.wait_until_finished()
 
+    def _step(self, step: int | None) -> int:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise MissingFileError(f"no checkpoint in {self.directory}")
+        return step
+
+    def _restore(self, step: int, target):
+        try:
+            return self._mngr.restore(step, args=ocp.args.StandardRestore(target))
+        except Exception as e:
+            detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+            raise CheckpointError(
+                f"checkpoint {os.path.join(self.directory, str(step))} cannot be read "
+                f"(truncated or corrupted?): {type(e).__name__}: {detail}") from e
+
     def restore(self, template: Any, step: int | None = None) -> Any:
         """Restore ``step`` (default: the latest) into the structure, dtypes and shardings of
         ``template``."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        step = self._step(step)
         template_dict = flax.serialization.to_state_dict(template)
         target = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template_dict)
         # TrainState fields added after a checkpoint was written keep the template's value
         saved = self._saved_fields(step)
         missing = {k: v for k, v in template_dict.items() if saved and k not in saved}
         target = {k: v for k, v in target.items() if k not in missing}
-        restored = self._mngr.restore(step, args=ocp.args.StandardRestore(target))
+        restored = self._restore(step, target)
         return flax.serialization.from_state_dict(template, {**restored, **missing})
+
+    def restore_saved(self, step: int | None = None) -> dict:
+        """The state dict saved at ``step`` (default: the latest) as it is on disk, without a
+        template: reading params and scores needs no optimizer (arrays on the default device)."""
+        return self._restore(self._step(step), None)
 
     def _saved_fields(self, step: int):
         try:

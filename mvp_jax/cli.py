@@ -1,6 +1,8 @@
-"""The ``mvp-jax`` command: fine-prune, evaluate, export, count.
+"""The ``mvp-jax`` command: fine-prune, evaluate, export, count, predict.
 
-Bad input ends with one line ``mvp-jax: error: ...`` on stderr and exit code 2, never a traceback.
+Exit codes: 0 done; 2 bad input (one line ``mvp-jax: error: ...`` on stderr, never a traceback,
+nothing written); 3 a non-finite loss stopped the run (its checkpoints kept); 130 interrupted
+(a checkpoint saved); 1 an internal error, i.e. a bug: the traceback is printed.
 """
 
 from __future__ import annotations
@@ -9,8 +11,17 @@ import argparse
 import json
 import os
 import sys
+import traceback
 
+from mvp_jax.errors import UserError
+
+# A lean install has no PyTorch, and transformers then warns on import that its PyTorch models
+# are unavailable (mvp-jax uses only its tokenizers and configs): keep stderr to our own lines.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+EXIT_INTERNAL = 1
 EXIT_USAGE = 2
+EXIT_NON_FINITE = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -51,6 +62,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-eval-samples", type=int,
                    help="evaluate on the first N examples only (default: the run's setting, else all)")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
+    g = p.add_argument_group(
+        "your own data", "score the model on files or a dataset (e.g. one it never saw); these "
+        "replace the run's data, and keep its columns, kind and labels unless given")
+    g.add_argument("--validation-file", metavar="FILE",
+                   help="labelled examples: .csv, .tsv, .json, .jsonl, .parquet (SQuAD-format "
+                        ".json for qa)")
+    g.add_argument("--test-file", metavar="FILE", help="a second labelled file, scored as 'test'")
+    g.add_argument("--hub-path", metavar="PATH",
+                   help="a dataset: hub id, local dataset directory or save_to_disk directory")
+    g.add_argument("--hub-config", metavar="NAME", help="the dataset's configuration")
+    g.add_argument("--validation-split", metavar="SPLIT",
+                   help="the dataset's split scored as 'validation' (default: validation)")
+    g.add_argument("--test-split", metavar="SPLIT", help="the dataset's split scored as 'test'")
+    g.add_argument("--text-column", dest="text_columns", action="append", metavar="COLUMN",
+                   help="text column; twice for sentence pairs (default: the run's, else text)")
+    g.add_argument("--label-column", metavar="COLUMN", help="label column (default: the run's, "
+                                                            "else label)")
+    g.add_argument("--kind", choices=("classification", "regression", "qa"),
+                   help="task kind (default: the run's, else the model's)")
+    g.add_argument("--max-seq-length", type=int, metavar="N",
+                   help="truncate inputs to N tokens (default: the run's, else the task's)")
 
     p = sub.add_parser("export", help="export a run's latest checkpoint as a pruned model",
                        description="Apply the final masks of a run's latest checkpoint and write a "
@@ -69,6 +101,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE",
                    help="also save a heatmap of remaining weights (layer x matrix type) as FILE "
                         "(PNG, or any format matplotlib writes, by extension)")
+
+    p = sub.add_parser("predict", help="label texts with a fine-pruned model",
+                       description="Label texts with an exported model or a finished run (in "
+                                   "JAX, batched by length): for each text the class name and "
+                                   "the class probabilities, or the value for regression. "
+                                   "Prints JSON lines, or writes --output.")
+    p.add_argument("model", metavar="MODEL_OR_RUN", help="model directory or run directory")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text", dest="texts", action="append", metavar="TEXT",
+                   help="a text to label (repeatable)")
+    g.add_argument("--file", metavar="FILE",
+                   help="texts to label: a .csv, .tsv, .json, .jsonl or .parquet file")
+    p.add_argument("--text-column", dest="text_columns", action="append", metavar="COLUMN",
+                   help="the text column of --file; twice for sentence pairs (default: the "
+                        "run's text columns, else text)")
+    p.add_argument("--output", metavar="FILE",
+                   help="write the results to FILE (.jsonl or .csv) instead of printing them")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
+    p.add_argument("--max-seq-length", type=int, metavar="N",
+                   help="truncate texts to N tokens (default: the run's, else the model's limit)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (--file)")
     return parser
 
 
@@ -77,6 +131,16 @@ def _model_dir(path: str) -> str:
     if os.path.isfile(os.path.join(path, "eval_results.json")) and os.path.isdir(os.path.join(path, "export")):
         return os.path.join(path, "export")
     return path
+
+
+def _is_user_error(e: BaseException) -> bool:
+    """Bad input: our ``UserError``s, and OS errors on a path the user named (a missing config
+    file, an unreadable directory); anything else is a bug."""
+    from mvp_jax.errors import UserError
+
+    return isinstance(e, UserError) or (
+        isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError))
+        and getattr(e, "filename", None) is not None)
 
 
 def cmd_fine_prune(args) -> int:
@@ -90,6 +154,46 @@ def cmd_fine_prune(args) -> int:
     return 0
 
 
+_SOURCES = ("validation_file", "test_file", "hub_path")
+_OWN_KEYS = ("train_file", "validation_file", "test_file", "hub_path", "hub_config", "kind",
+             "text_columns", "label_column", "labels", "train_split", "validation_split",
+             "test_split")
+
+
+def _evaluate_task(args, run_cfg):
+    """The ``TaskConfig`` to evaluate on: the run's task (when MODEL is a run) with the command
+    line's data in its place. Data options (--data-dir, --validation-file, --test-file,
+    --hub-path) replace the run's source; a built-in task drops the own-data keys."""
+    import dataclasses
+
+    from mvp_jax.config import TaskConfig
+
+    fields = dataclasses.asdict(run_cfg.task) if run_cfg else {}
+    given = {k: getattr(args, k) for k in (*_SOURCES, "hub_config", "validation_split",
+                                           "test_split", "text_columns", "label_column", "kind",
+                                           "max_seq_length") if getattr(args, k) is not None}
+    if args.data_dir is not None or any(k in given for k in _SOURCES):
+        for k in ("train_file", "validation_file", "test_file", "hub_path", "hub_config",
+                  "data_dir"):
+            fields.pop(k, None)
+    if args.data_dir is not None:
+        fields["data_dir"] = args.data_dir
+    fields.update(given)
+    own = any(fields.get(k) is not None for k in (*_SOURCES, "train_file"))
+    if not own:
+        for k in _OWN_KEYS:
+            fields.pop(k, None)
+    name = args.task or (run_cfg.task.name if run_cfg else None)
+    if name is None:
+        if not own:
+            raise UserError("--task is required when MODEL is not a run directory (or give "
+                            "--validation-file, --test-file or --hub-path)")
+        source = fields.get("validation_file") or fields.get("test_file") or fields["hub_path"]
+        name = os.path.splitext(os.path.basename(os.path.normpath(source)))[0] or "data"
+    fields["name"] = name
+    return TaskConfig(**fields)
+
+
 def cmd_evaluate(args) -> int:
     from mvp_jax.evaluation import evaluate_model_dir
 
@@ -98,15 +202,11 @@ def cmd_evaluate(args) -> int:
         from mvp_jax.config import load_config
 
         run_cfg = load_config(os.path.join(args.model, "config.yaml"))
-    task = args.task or (run_cfg.task.name if run_cfg else None)
-    if task is None:
-        raise ValueError("--task is required when MODEL is not a run directory")
-    data_dir = args.data_dir or (run_cfg.task.data_dir if run_cfg else None)
-    max_len = run_cfg.task.max_seq_length if run_cfg else None
-    max_eval = args.max_eval_samples or (run_cfg.data.max_eval_samples if run_cfg else None)
-    metrics = evaluate_model_dir(_model_dir(args.model), task, data_dir=data_dir,
-                                 max_eval_samples=max_eval, batch_size=args.batch_size,
-                                 max_seq_length=max_len)
+    task = _evaluate_task(args, run_cfg)
+    max_eval = (args.max_eval_samples if args.max_eval_samples is not None
+                else run_cfg.data.max_eval_samples if run_cfg else None)
+    metrics = evaluate_model_dir(_model_dir(args.model), task, max_eval_samples=max_eval,
+                                 batch_size=args.batch_size)
     print(json.dumps(metrics, indent=2, default=float))
     return 0
 
@@ -123,6 +223,11 @@ def cmd_count(args) -> int:
     from mvp_jax.export import count_remaining, format_counts
     from mvp_jax.models import load_pretrained
 
+    if args.plot:  # before the work: matplotlib is an optional extra (mvp-jax[plots])
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UserError("--plot needs matplotlib: pip install 'mvp-jax[plots]'")
     path = _model_dir(args.model)
     pre = load_pretrained(path, head=None)
     counts = count_remaining(pre.params)
@@ -137,13 +242,28 @@ def cmd_count(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from mvp_jax.predict import run_predict
+
+    rows = run_predict(args.model, texts=args.texts, file=args.file,
+                       text_columns=args.text_columns, output=args.output,
+                       batch_size=args.batch_size, max_seq_length=args.max_seq_length,
+                       overwrite=args.overwrite, progress=not args.no_progress)
+    if args.output:
+        print(f"{len(rows)} predictions written to {args.output}", file=sys.stderr)
+    else:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
 COMMANDS = {"fine-prune": cmd_fine_prune, "evaluate": cmd_evaluate, "export": cmd_export,
-            "count": cmd_count}
+            "count": cmd_count, "predict": cmd_predict}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mvp_jax.runner import Interrupted
+    from mvp_jax.runner import Interrupted, NonFiniteLoss
 
     try:
         return COMMANDS[args.command](args)
@@ -153,7 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mvp-jax: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except NonFiniteLoss as e:
+        print(f"mvp-jax: error: {e}", file=sys.stderr)
+        return EXIT_NON_FINITE
+    except Exception as e:
+        if not _is_user_error(e):
+            traceback.print_exc()
+            print(f"mvp-jax: internal error ({type(e).__name__}); this is a bug in mvp-jax: "
+                  "please report it with the traceback above", file=sys.stderr)
+            return EXIT_INTERNAL
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"mvp-jax: error: {message}", file=sys.stderr)
         return EXIT_USAGE

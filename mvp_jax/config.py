@@ -30,6 +30,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from mvp_jax.errors import UserError
+
 __all__ = [
     "ConfigError", "Config", "ModelConfig", "TaskConfig", "PruneConfig", "TrainConfig",
     "DataConfig", "DistillConfig", "MeshConfig", "SECTIONS", "METHODS", "MASK_INITS",
@@ -47,7 +49,7 @@ RNG_IMPLS = ("threefry", "rbg", "unsafe_rbg")  # = train.RNG_IMPLS (tested)
 OPTIMIZERS = ("reference_adamw", "adamw")  # = optim.OPTIMIZERS (tested)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """An invalid configuration: the message is one line that names the key at fault."""
 
 
@@ -188,28 +190,134 @@ def _canonical_task(name: str) -> str:
         raise ConfigError(f"task.name: {e}") from None
 
 
+TASK_KINDS = ("classification", "regression", "qa")  # = data.custom.KINDS (tested)
+_OWN_SOURCES = ("train_file", "validation_file", "test_file", "hub_path")
+_OWN_ONLY = ("kind", "hub_config", "text_columns", "label_column", "labels")
+_HUB_SPLITS = {"train_split": "train", "validation_split": "validation", "test_split": None}
+
+
+def _registry_names() -> tuple[str, ...]:
+    try:
+        from mvp_jax.data.tasks import _ALIASES, TASKS
+    except ImportError:
+        return ()
+    return (*TASKS, *_ALIASES)
+
+
 @dataclass(frozen=True)
 class TaskConfig(_Section):
-    """The end task and its inputs."""
+    """The end task and its inputs: a built-in task (GLUE, SQuAD) by ``name``, or your own data
+    (files or a hub dataset; ``mvp_jax.data.custom``), which ``name`` then only names."""
 
     SECTION: typing.ClassVar[str] = "task"
 
-    name: str = "sst2"  # a GLUE task (sst2, mnli, qqp, ...) or squad
+    name: str = "sst2"  # a GLUE task (sst2, mnli, qqp, ...) or squad; own data: any name
     data_dir: str | None = None  # local GLUE/SQuAD directory; null = Hugging Face hub
     max_seq_length: int | None = None  # null = task default (128 GLUE, 384 SQuAD)
     doc_stride: int = 128  # SQuAD only: overlap stride of long contexts
+    # Your own data: files (.csv, .tsv, .json, .jsonl, .parquet; SQuAD-format .json for qa) ...
+    train_file: str | None = None
+    validation_file: str | None = None
+    test_file: str | None = None
+    # ... or a dataset: hub id, local dataset directory, or a save_to_disk directory
+    hub_path: str | None = None
+    hub_config: str | None = None
+    train_split: str | None = "train"  # the dataset's split names (null: leave the split out)
+    validation_split: str | None = "validation"
+    test_split: str | None = None
+    kind: str | None = None  # own data: classification (null) | regression | qa
+    text_columns: tuple[str, ...] | None = None  # one column, or two for pairs; null = [text]
+    label_column: str | None = None  # null = label
+    # class names in order; null = the training split's labels, sorted (stored in the run)
+    labels: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.text_columns, str):  # task.text_columns=review: one column
+            object.__setattr__(self, "text_columns", (self.text_columns,))
+        if isinstance(self.labels, (list, tuple)):  # task.labels=[0, 1]: class names are text
+            object.__setattr__(self, "labels", tuple(
+                str(x) if isinstance(x, int) and not isinstance(x, bool) else x
+                for x in self.labels))
+        super().__post_init__()
+
+    @property
+    def own_data(self) -> bool:
+        """Files or a dataset of your own (``task.train_file`` ... or ``task.hub_path``)."""
+        return any(getattr(self, k) is not None for k in _OWN_SOURCES)
+
+    @property
+    def is_qa(self) -> bool:
+        return self.kind == "qa" if self.own_data else self.name.startswith("squad")
 
     def _check(self) -> None:
-        object.__setattr__(self, "name", _canonical_task(self.name))
+        _require(bool(self.name.strip()), "task.name must not be empty")
+        for key in (*_OWN_SOURCES, "hub_config", "label_column", "data_dir", *_HUB_SPLITS):
+            value = getattr(self, key)
+            _require(value is None or bool(value.strip()),
+                     f"task.{key} must not be empty (use null)")
+        if self.own_data:
+            self._check_own_data()
+        else:
+            object.__setattr__(self, "name", _canonical_task(self.name))
+            for key in _OWN_ONLY:
+                _require(getattr(self, key) is None,
+                         f"task.{key} applies to your own data: set task.train_file, "
+                         f"task.validation_file, task.test_file or task.hub_path")
+            for key, default in _HUB_SPLITS.items():
+                _require(getattr(self, key) == default,
+                         f"task.{key} applies to a dataset of your own (task.hub_path)")
         _require(self.data_dir is None or bool(self.data_dir.strip()),
                  "task.data_dir must not be empty (use null for the hub)")
         _require(self.max_seq_length is None or self.max_seq_length >= 8,
                  f"task.max_seq_length must be >= 8, got {self.max_seq_length}")
         _require(self.doc_stride >= 1, f"task.doc_stride must be >= 1, got {self.doc_stride}")
-        is_qa = self.name.startswith("squad")
-        _require(not is_qa or self.max_seq_length is None or self.doc_stride < self.max_seq_length,
+        _require(not self.is_qa or self.max_seq_length is None
+                 or self.doc_stride < self.max_seq_length,
                  f"task.doc_stride ({self.doc_stride}) must be < task.max_seq_length "
                  f"({self.max_seq_length})")
+
+    def _check_own_data(self) -> None:
+        lowered = self.name.strip().lower()
+        _require(lowered not in _registry_names(),
+                 f"task.name {self.name!r} is a built-in task; give your own data a name of its "
+                 f"own (e.g. task.name=reviews), or drop the file/dataset keys")
+        _require(self.data_dir is None,
+                 "task.data_dir is for the built-in tasks; your own data is read from "
+                 "task.train_file / task.validation_file / task.test_file or task.hub_path")
+        files = [k for k in _OWN_SOURCES[:3] if getattr(self, k) is not None]
+        _require(self.hub_path is None or not files,
+                 f"task.hub_path and task.{files[0] if files else ''} exclude each other: read "
+                 f"files or a dataset")
+        if self.hub_path is None:
+            _require(self.hub_config is None, "task.hub_config applies with task.hub_path")
+            for key, default in _HUB_SPLITS.items():
+                _require(getattr(self, key) == default,
+                         f"task.{key} applies with task.hub_path (files: task.train_file, ...)")
+        if self.kind is not None:
+            _choice("task.kind", self.kind, TASK_KINDS)
+        kind = self.kind or "classification"
+        if kind == "qa":
+            for key in ("text_columns", "label_column", "labels"):
+                _require(getattr(self, key) is None,
+                         f"task.{key} does not apply to task.kind qa (SQuAD-format data)")
+            return
+        cols = self.text_columns
+        if cols is not None:
+            _require(1 <= len(cols) <= 2, f"task.text_columns must name one column, or two for "
+                                          f"pairs, got {list(cols)}")
+            _require(all(c.strip() for c in cols), "task.text_columns must not hold empty names")
+            _require(len(set(cols)) == len(cols),
+                     f"task.text_columns names a column twice: {list(cols)}")
+        label = self.label_column or "label"
+        _require(label not in (cols or ("text",)),
+                 f"task.label_column {label!r} is also a text column (task.text_columns)")
+        if self.labels is not None:
+            _require(kind == "classification",
+                     f"task.labels applies to classification, not task.kind {kind}")
+            _require(len(self.labels) >= 2,
+                     f"task.labels must name at least two classes, got {list(self.labels)}")
+            _require(len(set(self.labels)) == len(self.labels),
+                     f"task.labels has duplicates: {list(self.labels)}")
 
 
 @dataclass(frozen=True)
@@ -452,7 +560,7 @@ class Config:
                      f"leaves no pruning steps within train.max_steps = {t.max_steps}")
         buckets, task = self.data.bucket_lengths, self.task
         if buckets is not None:
-            _require(not task.name.startswith("squad"),
+            _require(not task.is_qa,
                      f"data.bucket_lengths applies to classification and regression tasks, not "
                      f"{task.name} (its loss and answer search read every position of a window); "
                      f"use null")

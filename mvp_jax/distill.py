@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mvp_jax.errors import UserError
+
 
 def kl_with_temperature(student_logits, teacher_logits, temperature: float) -> jax.Array:
     """``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` over the last axis."""
@@ -32,7 +34,7 @@ def distillation_loss(kind: str, student, teacher, temperature: float) -> jax.Ar
     if kind == "qa":
         return 0.5 * (kl_with_temperature(student[0], teacher[0], temperature)
                       + kl_with_temperature(student[1], teacher[1], temperature))
-    raise ValueError(f"unknown task kind {kind!r}; choose one of classification, regression, qa")
+    raise UserError(f"unknown task kind {kind!r}; choose one of classification, regression, qa")
 
 
 def teacher_label_permutation(id2label: dict, label_names) -> list[int] | None:

@@ -38,9 +38,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mvp_jax.errors import UserError
+
 from .masking import DEFAULT_PRUNABLE, prunable_paths
 from .matrices import tally
-from .models import build_module, flax_to_hf_state_dict, param_shapes, resolve_model_path
+from .models import (
+    build_module,
+    flax_to_hf_state_dict,
+    param_shapes,
+    resolve_model_path,
+)
 
 FORMAT, VERSION = "mvp-jax-compressed", 1
 ARCHITECTURES = {
@@ -52,11 +59,11 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "added_tokens.json")
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """Params, config or destination that cannot be exported; the message says why."""
 
 
-class CompressedFormatError(ValueError):
+class CompressedFormatError(UserError):
     """A compressed model file that is truncated, corrupted or not of this format."""
 
 
@@ -94,11 +101,15 @@ def _check_params(flat: dict, config: Any, head: str | None, num_labels: int) ->
         )
 
 
-def _export_config(config: Any, head: str | None, num_labels: int):
+def _export_config(config: Any, head: str | None, num_labels: int,
+                   label_names: Iterable[str] | None = None):
     cfg = config.__class__.from_dict(config.to_dict())
     cfg.architectures = [ARCHITECTURES[head]]
     if head is not None:
         cfg.num_labels = num_labels
+    if label_names is not None:  # the task's class names: id2label / label2id of the model
+        cfg.id2label = dict(enumerate(label_names))
+        cfg.label2id = {name: i for i, name in enumerate(label_names)}
     if head == "classification":
         if num_labels == 1:
             cfg.problem_type = "regression"
@@ -108,10 +119,42 @@ def _export_config(config: Any, head: str | None, num_labels: int):
 
 
 def _prepare_destination(path: str, overwrite: bool) -> None:
-    if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise ExportError(f"{path} exists and is not empty; pass overwrite=True to replace it")
-    if os.path.exists(path) and not os.path.isdir(path) and not overwrite:
-        raise ExportError(f"{path} exists; pass overwrite=True to replace it")
+    """``path`` may become a model directory: it is absent or empty, or ``overwrite`` and it holds
+    only the files of a model directory (``MODEL_DIR_FILES``); a user's other files are never
+    replaced."""
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise ExportError(f"{path} exists and is not a directory" if overwrite else
+                          f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    entries = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    if entries and not overwrite:
+        raise ExportError(f"{path} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+    foreign = [e for e in entries if e not in MODEL_DIR_FILES]
+    if foreign:
+        raise ExportError(f"{path} holds {foreign[0]!r}, which is not a model file; refusing to "
+                          "replace the directory (choose an empty or new one)")
+
+
+# what a model directory may hold for ``overwrite=True`` to replace it (nothing else is deleted)
+MODEL_DIR_FILES = frozenset({"config.json", "model.safetensors", "model.safetensors.index.json",
+                             "pytorch_model.bin", "flax_model.msgpack", "generation_config.json",
+                             "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                             "special_tokens_map.json", "added_tokens.json"})
+
+
+def _check_replaceable_file(path: str, overwrite: bool) -> None:
+    """``path`` may be written: it does not exist, or ``overwrite`` and it is a compressed model
+    file of this format (never a directory or another file)."""
+    if not os.path.lexists(path):
+        return
+    if not overwrite:
+        raise ExportError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    if os.path.isdir(path):
+        raise ExportError(f"{path} is a directory; the compressed model is one file")
+    try:
+        _open(path)[0].close()
+    except CompressedFormatError:
+        raise ExportError(f"{path} exists and is not a compressed model of mvp-jax; "
+                          "refusing to overwrite it") from None
 
 
 def _replace(tmp: str, path: str) -> None:
@@ -138,11 +181,14 @@ def export_hf(
     tokenizer_path: str | os.PathLike | None = None,
     num_labels: int | None = None,
     overwrite: bool = False,
+    label_names: Iterable[str] | None = None,
 ) -> str:
     """Write a standard Hugging Face model directory for PyTorch ``transformers``.
 
     ``config.json`` (architectures ``BertModel`` / ``BertForSequenceClassification`` /
-    ``BertForQuestionAnswering``, ``num_labels``, ``problem_type="regression"`` for one label),
+    ``BertForQuestionAnswering``, ``num_labels``, ``problem_type="regression"`` for one label;
+    ``label_names``, one per class of a classification head, become ``id2label`` /
+    ``label2id``, so ``pipeline("text-classification")`` and ``mvp-jax predict`` name them),
     ``model.safetensors`` in PyTorch naming (``kernel.T -> weight``), and the tokenizer files of
     ``tokenizer_path``. Pruned weights are plain zeros. Written to a temporary directory and
     renamed, so a failure leaves no partial export. Returns the directory.
@@ -153,6 +199,13 @@ def export_hf(
     flat = _flat(params)
     n = _num_labels(flat, head, num_labels)
     _check_params(flat, config, head, n)
+    if label_names is not None:
+        label_names = [str(x) for x in label_names]
+        if head != "classification" or len(label_names) != n or n < 2:
+            raise ExportError(f"label_names {label_names} need a classification head with as "
+                              f"many outputs, got head={head!r} with {n}")
+        if len(set(label_names)) != n:
+            raise ExportError(f"label_names has duplicates: {label_names}")
     _prepare_destination(out_dir, overwrite)
     tok_files = []
     if tokenizer_path is not None:
@@ -165,7 +218,8 @@ def export_hf(
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
     try:
-        _export_config(config, head, n).to_json_file(os.path.join(tmp, "config.json"))
+        _export_config(config, head, n, label_names).to_json_file(
+            os.path.join(tmp, "config.json"))
         save_file(flax_to_hf_state_dict(params, head), os.path.join(tmp, "model.safetensors"),
                   metadata={"format": "pt"})
         for f in tok_files:
@@ -259,8 +313,7 @@ def save_compressed(
     flat = _flat(params)
     n = _num_labels(flat, head, num_labels)
     _check_params(flat, config, head, n)
-    if os.path.exists(path) and not overwrite:
-        raise ExportError(f"{path} exists; pass overwrite=True to replace it")
+    _check_replaceable_file(path, overwrite)
     quantized = set(prunable_paths(params, patterns))
     header = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "head": head,
               "num_labels": n, "float_dtype": float_dtype, "tensors": {}}

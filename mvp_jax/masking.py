@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mvp_jax.errors import UserError
+
 PyTree = Any
 
 METHODS = ("none", "magnitude", "topk", "sigmoied_threshold", "l0", "random")
@@ -95,7 +97,7 @@ def _kth_key_and_count(leaves: Sequence[jax.Array], k, bits: int | None = None):
     """
     bits = radix_bits() if bits is None else int(bits)
     if bits not in (1, 2, 4, 8):
-        raise ValueError(f"bits={bits} must be 1, 2, 4 or 8")
+        raise UserError(f"bits={bits} must be 1, 2, 4 or 8")
     k = jnp.asarray(k, jnp.int32)
     total = jnp.int32(sum(int(np.size(x)) for x in leaves))  # every key is >= 0
 
@@ -146,7 +148,7 @@ def kth_largest(x: PyTree, k) -> jax.Array:
 
 def _check_fraction(name: str, value) -> None:
     if isinstance(value, (int, float)) and not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"{name}={value!r} is outside (0, 1]: it is the fraction of weights kept")
+        raise UserError(f"{name}={value!r} is outside (0, 1]: it is the fraction of weights kept")
 
 
 def _keep_count(keep, size: int):
@@ -341,7 +343,7 @@ def prunable_paths(params: PyTree, patterns: Iterable[str] = DEFAULT_PRUNABLE) -
     compiled = [re.compile(p) for p in patterns]
     for pattern, regex in zip(patterns, compiled):
         if not any(regex.search(path) for path in paths):
-            raise ValueError(
+            raise UserError(
                 f"prunable pattern {pattern!r} matches no parameter; parameters are e.g. "
                 f"{', '.join(paths[:4])}"
             )
@@ -364,11 +366,11 @@ def init_scores(
     initial scores is magnitude pruning and the learned movement reorders it from there.
     """
     if init not in SCORE_INITS:
-        raise ValueError(f"unknown score init {init!r}; choose one of {', '.join(SCORE_INITS)}")
+        raise UserError(f"unknown score init {init!r}; choose one of {', '.join(SCORE_INITS)}")
     flat = _flat(params)
     paths = prunable_paths(params, patterns)
     if init in ("uniform", "kaiming") and rng is None:
-        raise ValueError(f"score init {init!r} needs a PRNG key")
+        raise UserError(f"score init {init!r} needs a PRNG key")
     scores = {}
     for i, path in enumerate(paths):
         w = flat[path]
@@ -387,7 +389,7 @@ def init_scores(
 
 def check_method(method: str) -> None:
     if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+        raise UserError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 def compute_masks(
@@ -423,11 +425,11 @@ def compute_masks(
             return jax.lax.stop_gradient(topk_mask(fixed, threshold))
         return {p: jax.lax.stop_gradient(topk_mask(s, threshold)) for p, s in fixed.items()}
     if scores is None:
-        raise ValueError(f"pruning method {method!r} needs scores (see init_scores)")
+        raise UserError(f"pruning method {method!r} needs scores (see init_scores)")
     flat_scores = _flat(scores)
     missing = [p for p in paths if p not in flat_scores]
     if missing:
-        raise ValueError(f"scores are missing for prunable parameters: {', '.join(missing)}")
+        raise UserError(f"scores are missing for prunable parameters: {', '.join(missing)}")
     s = {p: flat_scores[p] for p in paths}
     if method == "topk":
         if global_topk:

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mvp_jax.errors import UserError
+
 NO_DECAY = (r"(^|/)bias$", r"LayerNorm/")
 FROZEN = (r"(^|/)embeddings/",)
 OPTIMIZERS = ("reference_adamw", "adamw")
@@ -212,11 +214,11 @@ def make_optimizer(
     clipping over the trainable leaves. ``optimizer``: ``reference_adamw`` (the paper's code,
     :func:`reference_adamw`) or ``adamw`` (``optax.adamw``, ``optax.adam`` for the scores)."""
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        raise UserError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
     for name, value in (("learning_rate", learning_rate),
                         ("scores_learning_rate", scores_learning_rate)):
         if not value > 0:
-            raise ValueError(f"{name}={value!r} must be > 0")
+            raise UserError(f"{name}={value!r} must be > 0")
     weights_lr = linear_warmup_decay(learning_rate, warmup_steps, total_steps)
     scores_lr = linear_warmup_decay(scores_learning_rate, warmup_steps, total_steps)
     frozen = tuple(FROZEN if freeze_embeddings else ()) if frozen is None else tuple(frozen)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mvp_jax.errors import MissingFileError, UserError
 from mvp_jax.matrices import layer_order, matrix_label, tally
 
 __all__ = [
@@ -164,16 +165,16 @@ def mask_history(run_dir: str, steps: Sequence[int] | None = None
     steps = available if steps is None else [int(s) for s in steps]
     missing = sorted(set(steps) - set(available))
     if missing:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint for steps {missing}; "
+        raise MissingFileError(f"{run_dir}: no checkpoint for steps {missing}; "
                                 f"available: {available}")
-    _, _, pruning, template = _restore(run_dir)
+    _, _, pruning, _ = _restore(run_dir)
     mngr = CheckpointManager(os.path.join(os.path.abspath(run_dir), "checkpoints"),
                              keep=max(len(available), 1))
     final_masks, history = _final_masks_fn(pruning), []
     try:
         for step in steps:
-            state = mngr.restore(template, step)
-            history.append(final_masks(state.params, state.scores))
+            saved = mngr.restore_saved(step)
+            history.append(final_masks(saved["params"], saved.get("scores") or {}))
     finally:
         mngr.close()
     return steps, history
@@ -304,6 +305,12 @@ def save_figure(fig, path: str, dpi: int = 110) -> str:
     parent = os.path.dirname(os.fspath(path))
     if parent:
         os.makedirs(parent, exist_ok=True)
+    ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    formats = fig.canvas.get_supported_filetypes()
+    if ext not in formats:
+        kind = repr(ext) if ext else "a file without an extension"
+        raise UserError(f"{path}: cannot write a figure as {kind}; use one of "
+                        f"{', '.join(sorted(formats))}")
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return os.fspath(path)
 
@@ -348,9 +355,9 @@ def _select(run: RunWeights, paths: Sequence[str] | str | None):
     if paths is None:
         paths = run.paths
     elif isinstance(paths, str):
-        paths = [p for p in run.paths if re.search(paths, p)]
+        pattern, paths = paths, [p for p in run.paths if re.search(paths, p)]
         if not paths:
-            raise ValueError(f"no prunable matrix of {run.run_dir} matches {paths!r}")
+            raise UserError(f"no prunable matrix of {run.run_dir} matches {pattern!r}")
     return [run.concat(k, paths) for k in ("pretrained", "final", "masks")]
 
 

@@ -11,6 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from mvp_jax.errors import UserError
 from mvp_jax.masking import L0_BETA, L0_LEFT, L0_RIGHT
 
 REGULARIZATIONS = ("l1", "l0")
@@ -39,5 +40,5 @@ def regularizer(name: str):
     """The penalty function called ``name`` (``l1`` or ``l0``)."""
     table = {"l1": l1_sigmoid, "l0": expected_l0}
     if name not in table:
-        raise ValueError(f"unknown regularization {name!r}; choose one of {', '.join(REGULARIZATIONS)}")
+        raise UserError(f"unknown regularization {name!r}; choose one of {', '.join(REGULARIZATIONS)}")
     return table[name]

@@ -10,6 +10,12 @@ A run directory holds::
     counts.json         remaining weights per prunable matrix and in total
     eval_results.json   final metrics and remaining weights -- written last: its presence
                         means the run is complete
+    run.lock            while a process runs in it (``mvp_jax.rundir``)
+
+``--overwrite`` deletes these entries by name and nothing else. A run killed at any moment
+resumes (``--resume``) from its last complete checkpoint to the params of an uninterrupted run.
+A step whose loss or gradient norm is not finite stops the run (``NonFiniteLoss``) with its
+earlier checkpoints kept.
 
 The run uses every device on a ``("data", "model")`` mesh (``cfg.mesh``, see ``mvp_jax.sharding``):
 the state is placed in the layout of the partition rules, every batch is split on ``"data"``.
@@ -25,7 +31,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -40,15 +45,28 @@ from mvp_jax import sharding as shd
 from mvp_jax.checkpoint import CheckpointManager
 from mvp_jax.distill import permute_classifier, teacher_label_permutation
 from mvp_jax.optim import make_optimizer
-from mvp_jax.train import (LEARNED, Distill, Pruning, evaluate_splits, init_state, jit_eval_step,
-                           jit_train_step, make_eval_step, make_train_step)
+from mvp_jax.rundir import (
+    RunError,
+    RunLock,
+    pause_for_test,
+    prepare_output_dir,
+    remove_run_files,
+    write_json,
+    write_text,
+)
+from mvp_jax.train import (
+    LEARNED,
+    Distill,
+    Pruning,
+    evaluate_splits,
+    init_state,
+    jit_eval_step,
+    jit_train_step,
+    make_eval_step,
+    make_train_step,
+)
 
-RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "eval_results.json")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class RunError(ValueError):
-    """A run that cannot start or continue; the message says why."""
 
 
 class Interrupted(Exception):
@@ -60,36 +78,18 @@ class Interrupted(Exception):
         self.step = step
 
 
-def write_json(path: str, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=float)
-        f.write("\n")
-    os.replace(tmp, path)
+class NonFiniteLoss(RuntimeError):
+    """The loss or the gradient norm of a step is NaN or infinite; the run stops there. The
+    checkpoints written before (all of finite steps) are kept; no eval_results.json."""
 
-
-def prepare_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> bool:
-    """Check ``output_dir`` before anything is written; returns True when resuming.
-
-    A directory holding another run is refused unless ``resume`` or ``overwrite``."""
-    if resume and overwrite:
-        raise RunError("--resume and --overwrite exclude each other")
-    has_run = os.path.isdir(output_dir) and any(
-        os.path.exists(os.path.join(output_dir, m)) for m in RUN_MARKERS)
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise RunError(f"output directory {output_dir!r} is a file")
-    if resume:
-        if not has_run:
-            raise RunError(f"--resume: {output_dir!r} holds no run to resume")
-        return True
-    if has_run and not overwrite:
-        raise RunError(f"output directory {output_dir!r} already holds a run; "
-                       "pass --resume to continue it or --overwrite to replace it")
-    if os.path.isdir(output_dir) and os.listdir(output_dir) and not has_run and not overwrite:
-        raise RunError(f"output directory {output_dir!r} is not empty; "
-                       "choose another or pass --overwrite")
-    return False
+    def __init__(self, step: int, metrics: dict, last_good: int | None, directory: str):
+        values = ", ".join(f"{k} {metrics[k]}" for k in ("loss", "grad_norm") if k in metrics)
+        kept = (f"the last good checkpoint is step {last_good} in {directory}" if last_good
+                is not None else "no checkpoint was written before it")
+        super().__init__(f"step {step}: non-finite {values}; the run stopped ({kept}). "
+                         "Lower train.learning_rate or train.scores_learning_rate, or check "
+                         "train.max_grad_norm")
+        self.step = step
 
 
 @dataclass
@@ -123,12 +123,18 @@ def pruning_of(cfg, total_steps: int) -> Pruning:
 
 
 def load_setup(cfg) -> Setup:
-    """Load model, teacher and data; check that they fit together."""
+    """Load model, teacher and data; check that they fit together.
+
+    The task is the registry's or your own data (``data.task_from_config``); for your own
+    classification data the class names read from the training split are stored in
+    ``setup.cfg.task.labels``, so the run's config.yaml keeps them."""
     from mvp_jax import data
     from mvp_jax.models import load_config as load_model_config
     from mvp_jax.models import load_pretrained, load_tokenizer, resolve_model_path
 
-    spec = data.get_task(cfg.task.name)
+    spec = data.task_from_config(cfg.task)
+    if spec.source is not None and spec.label_names and cfg.task.labels is None:
+        cfg = cfg.replace(task=cfg.task.replace(labels=spec.label_names))
     head = "qa" if spec.kind == "qa" else "classification"
     max_len = cfg.task.max_seq_length or spec.max_seq_length
     buckets = None
@@ -168,7 +174,7 @@ def load_setup(cfg) -> Setup:
                 print(f"note: the teacher's labels {list(teacher.config.id2label.values())} are "
                       f"reordered to the task's {list(spec.label_names)}", file=sys.stderr)
     tokenizer = load_tokenizer(pre.path)
-    task = data.load_task(spec.name, tokenizer, data_dir=cfg.task.data_dir, max_seq_length=max_len,
+    task = data.load_task(spec, tokenizer, data_dir=cfg.task.data_dir, max_seq_length=max_len,
                           doc_stride=cfg.task.doc_stride,
                           max_train_samples=cfg.data.max_train_samples,
                           max_eval_samples=cfg.data.max_eval_samples, seed=cfg.train.seed)
@@ -239,15 +245,32 @@ def fine_prune(cfg, output_dir: str, *, resume: bool = False, overwrite: bool = 
     setup = load_setup(cfg)
     mesh = make_run_mesh(cfg)
     if resuming:
-        _check_same_config(cfg, output_dir)
+        _check_same_config(setup.cfg, output_dir)
     shd.sync("mvp_jax:checked")  # every process has checked the directory before any write
+    lock = RunLock(output_dir)
     if primary:
-        if overwrite and os.path.isdir(output_dir):
-            shutil.rmtree(output_dir)
         os.makedirs(output_dir, exist_ok=True)
-        save_config(cfg, os.path.join(output_dir, "config.yaml"))
-    shd.sync("mvp_jax:output_dir")
+        lock.acquire()
+        try:  # again under the lock: another process may have written a run since the check
+            prepare_output_dir(output_dir, resume=resume, overwrite=overwrite)
+            if overwrite:
+                remove_run_files(output_dir)
+            if not resuming:  # setup.cfg: with the class names read from your own data
+                save_config(setup.cfg, os.path.join(output_dir, "config.yaml"))
+        except BaseException:
+            lock.release()
+            raise
+    try:
+        shd.sync("mvp_jax:output_dir")
+        return _fine_prune_locked(cfg, setup, mesh, output_dir, resuming, progress, stop_at_step)
+    finally:
+        lock.release()
 
+
+def _fine_prune_locked(cfg, setup: Setup, mesh, output_dir: str, resuming: bool, progress: bool,
+                       stop_at_step: int | None) -> dict:
+    """The run once its directory is checked and locked."""
+    primary = shd.is_primary()
     t = cfg.train
     pruning = setup.pruning
     scores = {}
@@ -264,6 +287,8 @@ def fine_prune(cfg, output_dir: str, *, resume: bool = False, overwrite: bool = 
     ckpt = CheckpointManager(os.path.join(output_dir, "checkpoints"), keep=t.keep_checkpoints)
     if resuming and ckpt.latest_step() is not None:
         state = ckpt.restore(state)
+    if resuming and primary:  # lines logged after the checkpoint are logged again from it
+        _truncate_metrics(os.path.join(output_dir, "metrics.jsonl"), int(jax.device_get(state.step)))
 
     distill = Distill(cfg.distill.alpha_ce, cfg.distill.alpha_distil, cfg.distill.temperature)
     teacher_module = setup.teacher.module if setup.teacher else None
@@ -278,7 +303,7 @@ def fine_prune(cfg, output_dir: str, *, resume: bool = False, overwrite: bool = 
     eval_step = jit_eval_step(make_eval_step(setup.module, pruning), mesh, state.params,
                               state.scores, eval_bs)
     run = _Run(setup, mesh, train_step, eval_step, teacher_params, ckpt, output_dir, eval_bs,
-               primary)
+               primary, serialize=shd.needs_serial_dispatch(mesh))
     try:
         results = _loop(run, state, progress=progress, stop_at_step=stop_at_step)
     finally:
@@ -298,6 +323,7 @@ class _Run:
     output_dir: str
     eval_batch_size: int
     primary: bool
+    serialize: bool = False  # wait for each step before the next program (CPU meshes)
 
     def put_train(self, batch):
         t = self.setup.cfg.train
@@ -310,9 +336,27 @@ class _Run:
     def evaluate(self, state):
         """Every eval split; the masks once (``W * M`` kept in the params' layout), batches
         bucketed like the training ones."""
+        pause_for_test("eval")
         return evaluate_splits(self.eval_step, state.params, state.scores, self.setup.task,
                                self.eval_batch_size, put=self.put_eval,
                                bucket_lengths=self.setup.buckets)
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+    """Keep the lines of ``metrics.jsonl`` up to ``step`` (a killed run logged past its last
+    checkpoint); a torn last line is dropped."""
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if int(record.get("step", 0)) <= step:
+                kept.append(json.dumps(record, default=float) + "\n")
+    write_text(path, "".join(kept))
 
 
 def _check_same_config(cfg, output_dir: str) -> None:
@@ -372,6 +416,7 @@ def _loop(run: _Run, state, *, progress, stop_at_step) -> dict:
     batches = _batch_iterator(setup, start)
     examples, tokens, tic, first_step_s = 0.0, 0.0, time.perf_counter(), None
     log_path = os.path.join(output_dir, "metrics.jsonl") if run.primary else os.devnull
+    finite = _FiniteCheck(ckpt)
     with open(log_path, "a") as fh, _Signals() as sig:
         for step in range(start, end):
             batch = next(batches)
@@ -380,6 +425,10 @@ def _loop(run: _Run, state, *, progress, stop_at_step) -> dict:
             tokens += _real_tokens(batch["attention_mask"], weight)
             state, metrics = run.train_step(state, run.put_train(batch), run.teacher_params)
             done = step + 1
+            if run.serialize:
+                jax.block_until_ready(state)
+            finite.after(done, metrics)
+            pause_for_test("step")
             logging_now = done % max(t.log_every, 1) == 0 or done == end
             if step == start:  # compiles: throughput counts from the next step when it can
                 jax.block_until_ready(state)
@@ -400,19 +449,48 @@ def _loop(run: _Run, state, *, progress, stop_at_step) -> dict:
                                 ex_s=f"{m['examples_per_s']:.0f}", tok_s=f"{m['tokens_per_s']:.0f}")
             bar.update(1)
             if t.eval_every and done % t.eval_every == 0 and done != setup.total_steps:
+                finite.check()
                 evals = run.evaluate(state)
                 _log(fh, writer, {"step": done, **_flatten_metrics("eval", evals)})
             if t.save_every and done % t.save_every == 0:
-                ckpt.save(state)
+                finite.save(state)
             if sig.received is not None:
-                ckpt.save(state)
+                finite.save(state)
                 bar.close()
                 raise Interrupted(done, ckpt.directory)
         bar.close()
-        ckpt.save(state)
+        finite.save(state)
         if int(jax.device_get(state.step)) < setup.total_steps:
             return {"step": int(jax.device_get(state.step)), "complete": False}
         return _finish(run, state, fh, writer)
+
+
+class _FiniteCheck:
+    """Stops the run at the first step whose loss or gradient norm is not finite
+    (``NonFiniteLoss``), and saves only checked states. Step k's two scalars are read after
+    step k+1 is dispatched, so the check costs no wait on the device; a state is checked before
+    it is evaluated or saved."""
+
+    def __init__(self, ckpt: CheckpointManager):
+        self.ckpt = ckpt
+        self.pending = None  # (step, metrics) not checked yet
+
+    def after(self, step: int, metrics: dict) -> None:
+        self.check()
+        self.pending = (step, {k: metrics[k] for k in ("loss", "grad_norm") if k in metrics})
+
+    def check(self) -> None:
+        if self.pending is None:
+            return
+        step, metrics = self.pending
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not all(math.isfinite(v) for v in values.values()):
+            raise NonFiniteLoss(step, values, self.ckpt.latest_step(), self.ckpt.directory)
+        self.pending = None
+
+    def save(self, state) -> None:
+        self.check()
+        self.ckpt.save(state)
 
 
 def _finish(run: _Run, state, fh, writer) -> dict:
@@ -441,11 +519,10 @@ def _finish(run: _Run, state, fh, writer) -> dict:
     }
     if not run.primary:
         return results
-    export_dir = os.path.join(output_dir, "export")
-    if os.path.isdir(export_dir):
-        shutil.rmtree(export_dir)
-    export_hf(export_dir, masked, setup.model_config, setup.head, tokenizer_path=setup.model_path,
-              num_labels=setup.task.spec.num_labels)
+    pause_for_test("export")
+    export_hf(os.path.join(output_dir, "export"), masked, setup.model_config, setup.head,
+              tokenizer_path=setup.model_path, num_labels=setup.task.spec.num_labels,
+              label_names=spec.label_names or None, overwrite=True)
     write_json(os.path.join(output_dir, "counts.json"), counts)
     _log(fh, writer, {"step": step, **_flatten_metrics("eval", evals),
                       "eval/remaining_weights": counts["fraction"]})

@@ -33,6 +33,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mvp_jax.errors import UserError
+
 PyTree = Any
 AXES = ("data", "model")
 
@@ -68,7 +70,7 @@ def initialize_distributed() -> bool:
         if int(num) <= 1:
             return False
         if "JAX_PROCESS_ID" not in env:
-            raise ValueError("JAX_NUM_PROCESSES is set but JAX_PROCESS_ID is not")
+            raise UserError("JAX_NUM_PROCESSES is set but JAX_PROCESS_ID is not")
         jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], int(num),
                                    int(env["JAX_PROCESS_ID"]))
         return True
@@ -104,14 +106,22 @@ def make_mesh(data: int | None = None, model: int = 1,
     n = len(devices)
     model = int(model)
     if model < 1 or n % model:
-        raise ValueError(f"mesh.model={model} does not divide the {n} available devices")
+        raise UserError(f"mesh.model={model} does not divide the {n} available devices")
     data = n // model if data is None else int(data)
     if data * model != n:
-        raise ValueError(f"mesh.data x mesh.model = {data} x {model} = {data * model}, but "
+        raise UserError(f"mesh.data x mesh.model = {data} x {model} = {data * model}, but "
                          f"there are {n} devices; the mesh must use them all "
                          f"(mesh.data=null takes {n // model})")
     return jax.make_mesh((data, model), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
                          devices=devices)
+
+
+def needs_serial_dispatch(mesh: Mesh) -> bool:
+    """True on a CPU mesh of several devices: XLA's CPU collectives rendezvous on a shared
+    thread pool, and two programs with collectives in flight at once can starve each other
+    (the all-reduce times out). The loop then waits for each program before the next one;
+    accelerators order their programs on device streams and keep dispatching ahead."""
+    return mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
 
 
 def path_str(path) -> str:

@@ -50,6 +50,7 @@ from flax import traverse_util
 from mvp_jax import masking, regularizers
 from mvp_jax import sharding as shd
 from mvp_jax.distill import distillation_loss
+from mvp_jax.errors import UserError
 from mvp_jax.optim import Optimizer
 from mvp_jax.schedules import regularization_lambda, threshold_schedule
 
@@ -88,7 +89,7 @@ def prng_key(raw: jax.Array, impl: str = "threefry") -> jax.Array:
 def raw_key(seed: int, impl: str = "threefry") -> jax.Array:
     """Raw uint32 key data of ``impl`` for ``seed`` (threefry: ``jax.random.PRNGKey(seed)``)."""
     if impl not in RNG_IMPLS:
-        raise ValueError(f"unknown rng_impl {impl!r}; choices: {', '.join(RNG_IMPLS)}")
+        raise UserError(f"unknown rng_impl {impl!r}; choices: {', '.join(RNG_IMPLS)}")
     return jax.random.key_data(jax.random.key(seed, impl=RNG_IMPLS[impl]))
 
 
@@ -451,7 +452,11 @@ def evaluate_splits(eval_step, params, scores, task_data, batch_size: int,
     """``{split: metrics}`` for every evaluation split of the task (masks computed once)."""
     from mvp_jax.data import evaluate
 
-    masked = eval_step.mask(params, scores) if isinstance(eval_step, EvalStep) else None
+    masked = None
+    if isinstance(eval_step, EvalStep):
+        # the masks' program ends before the first batch's starts: two sharded programs with
+        # collectives in flight at once can starve XLA's CPU rendezvous (one wait per evaluation)
+        masked = jax.block_until_ready(eval_step.mask(params, scores))
     return {
         name: evaluate(task_data.spec, eval_set,
                        predict(eval_step, params, scores, eval_set.features, batch_size, put,

@@ -52,3 +52,26 @@ def torch_outputs(model, ids, mask, types):
         return model(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask),
                      token_type_ids=torch.tensor(types, dtype=torch.long),
                      output_hidden_states=True)
+
+
+def save_tiny_vocab_bert(out_dir, head=None, num_labels=2):
+    """A random 2-layer BERT (hidden 32) with the real 30522-token vocabulary, saved with the
+    embedded MiniLM's tokenizer files, so runs on real text take seconds. ``head``: None (a
+    bare encoder; each task adds its own head) or ``"classification"``. Returns the directory."""
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    from mvp_jax.models import resolve_model_path
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    (BertModel if head is None else BertForSequenceClassification)(cfg).save_pretrained(out_dir)
+    src = Path(resolve_model_path("minilm-l6"))
+    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (src / f).exists():
+            shutil.copy2(src / f, Path(out_dir) / f)
+    return Path(out_dir)

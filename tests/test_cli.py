@@ -122,3 +122,81 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, shared_data):
     assert res == {"step": stopped + 2, "complete": False}
     _, _, _, state = restore_run(str(run))
     assert int(state.step) == stopped + 2
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mvp-jax: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_evaluate_bad_input(tmp_path, shared_data, capsys):
+    sst2 = str(shared_data / "glue" / "SST-2")
+    code, _, err = run_cli(capsys, "evaluate", str(tmp_path))  # no run, no --task
+    assert code == 2 and "--task is required" in one_error_line(err)
+    code, _, err = run_cli(capsys, "evaluate", "minilm-l6", "--task", "sst3", "--data-dir", sst2)
+    assert code == 2 and "did you mean 'sst2'" in one_error_line(err).lower()
+    code, _, err = run_cli(capsys, "evaluate", str(tmp_path / "missing"), "--task", "sst2",
+                           "--data-dir", sst2)
+    assert code == 2 and "does not exist" in one_error_line(err)
+    code, _, err = run_cli(capsys, "evaluate", "minilm-l6", "--task", "sst2", "--data-dir", sst2,
+                           "--max-eval-samples", "8", "--batch-size", "0")
+    assert code == 2 and "batch_size must be positive" in one_error_line(err)
+
+
+def test_fine_prune_directory_bad_input(tmp_path, shared_data, capsys):
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, *base_args(tmp_path, shared_data), "--resume")
+    assert code == 2 and "holds no run to resume" in one_error_line(err)
+    assert not run.exists()
+    (tmp_path / "afile").write_text("x")
+    args = base_args(tmp_path, shared_data)
+    args[args.index("--output-dir") + 1] = str(tmp_path / "afile")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "is a file" in one_error_line(err)
+    assert (tmp_path / "afile").read_text() == "x"
+    # --resume with another configuration than the run's own
+    run.mkdir()
+    from mvp_jax.config import load_config, save_config
+
+    save_config(load_config(None, ["train.learning_rate=1e-3"]), run / "config.yaml")
+    before = (run / "config.yaml").read_text()
+    code, _, err = run_cli(capsys, *base_args(tmp_path, shared_data), "--resume")
+    assert code == 2 and "--resume with a different configuration" in one_error_line(err)
+    assert (run / "config.yaml").read_text() == before and sorted(os.listdir(run)) == ["config.yaml"]
+
+
+def test_fine_prune_batch_not_divisible_by_the_mesh(tmp_path, shared_data, capsys):
+    code, _, err = run_cli(capsys, *base_args(tmp_path, shared_data), "--set", "train.batch_size=12",
+                           "--set", "mesh.data=8")
+    assert code == 2 and "not a multiple of the mesh's data axis" in one_error_line(err)
+    code, _, err = run_cli(capsys, *base_args(tmp_path, shared_data), "--set", "mesh.model=3")
+    assert code == 2 and "mesh.model=3 does not divide" in one_error_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_and_count_bad_input(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    from mvp_jax.config import load_config, save_config
+
+    save_config(load_config(None, []), run / "config.yaml")
+    out = tmp_path / "exp"
+    code, _, err = run_cli(capsys, "export", str(run), "--output-dir", str(out))
+    assert code == 2 and "has no checkpoint" in one_error_line(err) and not out.exists()
+    existing = tmp_path / "model.mvpz"
+    existing.write_bytes(b"not a zip")
+    code, _, err = run_cli(capsys, "export", str(run), "--output-dir", str(out),
+                           "--compressed", str(existing))
+    assert code == 2 and "exists" in one_error_line(err) and "--overwrite" in err
+    code, _, err = run_cli(capsys, "export", str(run), "--output-dir", str(out),
+                           "--compressed", str(existing), "--overwrite")
+    assert code == 2 and "not a compressed model of mvp-jax" in one_error_line(err)
+    assert existing.read_bytes() == b"not a zip"  # a file that is not ours is never replaced
+    code, _, err = run_cli(capsys, "export", str(run), "--output-dir", str(out),
+                           "--compressed", str(tmp_path), "--overwrite")
+    assert code == 2 and "is a directory" in one_error_line(err)
+    assert not out.exists()
+    code, _, err = run_cli(capsys, "count", str(existing))
+    assert code == 2 and "is a file" in one_error_line(err)

@@ -131,8 +131,16 @@ def test_export_is_atomic_and_refuses_overwrite(masked, tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="not empty.*overwrite=True"):
         export_hf(dest, params, p.config, "classification")
     assert os.listdir(dest) == ["keep.txt"]
+    # overwrite replaces a model directory, never a directory of other files (issue 16)
+    with pytest.raises(ExportError, match="keep.txt.*not a model file"):
+        export_hf(dest, params, p.config, "classification", overwrite=True)
+    assert os.listdir(dest) == ["keep.txt"] and (dest / "keep.txt").read_text() == "old"
+    (dest / "keep.txt").unlink()
+    export_hf(dest, params, p.config, "classification")
+    (dest / "config.json").write_text("{}")  # an earlier model: replaced whole
     export_hf(dest, params, p.config, "classification", overwrite=True)
-    assert "keep.txt" not in os.listdir(dest) and "model.safetensors" in os.listdir(dest)
+    assert sorted(os.listdir(dest)) == ["config.json", "model.safetensors"]
+    assert (dest / "config.json").read_text() != "{}"
 
     def boom(*a, **k):
         raise OSError("disk full")

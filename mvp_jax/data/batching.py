@@ -23,6 +23,8 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from mvp_jax.errors import UserError
+
 __all__ = ["num_batches", "epoch_permutation", "batches", "batch_plan", "take_batch",
            "sequence_lengths", "resolve_buckets", "bucket_length", "SEQUENCE_KEYS"]
 
@@ -33,7 +35,7 @@ SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 def num_batches(n: int, batch_size: int, *, drop_last: bool = False) -> int:
     """Batches in one epoch of `n` rows (the last partial one counts unless `drop_last`)."""
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise UserError(f"batch_size must be positive, got {batch_size}")
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
@@ -58,13 +60,13 @@ def resolve_buckets(bucket_lengths: Sequence[int], max_length: int) -> tuple[int
     list."""
     b = tuple(int(x) for x in bucket_lengths)
     if not b:
-        raise ValueError("data.bucket_lengths must not be empty (use null for no bucketing)")
+        raise UserError("data.bucket_lengths must not be empty (use null for no bucketing)")
     if min(b) < 1:
-        raise ValueError(f"data.bucket_lengths must be >= 1, got {list(b)}")
+        raise UserError(f"data.bucket_lengths must be >= 1, got {list(b)}")
     if any(x >= y for x, y in zip(b, b[1:])):
-        raise ValueError(f"data.bucket_lengths must be strictly increasing, got {list(b)}")
+        raise UserError(f"data.bucket_lengths must be strictly increasing, got {list(b)}")
     if b[-1] > max_length:
-        raise ValueError(f"data.bucket_lengths must be <= the maximum sequence length "
+        raise UserError(f"data.bucket_lengths must be <= the maximum sequence length "
                          f"({max_length}), got {list(b)}")
     return b if b[-1] == max_length else (*b, int(max_length))
 
@@ -73,7 +75,7 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
     """The smallest bucket >= ``length`` (``buckets`` sorted, the last one fits every row)."""
     i = int(np.searchsorted(np.asarray(buckets), length, side="left"))
     if i == len(buckets):
-        raise ValueError(f"a sequence of length {length} fits no bucket of {list(buckets)}")
+        raise UserError(f"a sequence of length {length} fits no bucket of {list(buckets)}")
     return int(buckets[i])
 
 
@@ -85,7 +87,7 @@ def batch_plan(n: int, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffl
     Without ``lengths``: ``epoch_permutation(n, seed, epoch)`` (or 0..n-1 when not ``shuffle``)
     cut into batches. With ``lengths``: grouped by length (see the module docstring)."""
     if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise UserError(f"batch_size must be positive, got {batch_size}")
     if lengths is None:
         order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)
         cuts = [order[i:i + batch_size] for i in range(0, n, batch_size)]
@@ -98,7 +100,7 @@ def batch_plan(n: int, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffl
             cuts = [order[i:i + batch_size] for i in range(0, n, batch_size)]
         else:
             if mega_batch < 1:
-                raise ValueError(f"mega_batch must be >= 1, got {mega_batch}")
+                raise UserError(f"mega_batch must be >= 1, got {mega_batch}")
             perm = epoch_permutation(n, seed, epoch)
             size = mega_batch * batch_size
             cuts = []

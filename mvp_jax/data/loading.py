@@ -9,6 +9,8 @@ from typing import Any
 import datasets
 import numpy as np
 
+from mvp_jax.errors import UserError
+
 from .glue import read_glue_tsv, tokenize_glue
 from .squad import read_squad_json, squad_features
 from .tasks import SQUAD_DEV_SPLIT_TRAIN_ARTICLES, DataError, TaskSpec, get_task
@@ -91,8 +93,14 @@ def _split_by_article(ds: datasets.Dataset, split: str) -> datasets.Dataset:
 def load_raw(spec: TaskSpec | str, split: str, data_dir: str | Path | None = None
              ) -> datasets.Dataset:
     """One raw split as a Dataset with the hub's columns: from the hub when `data_dir` is None
-    (datasets.load_dataset(spec.hub_path, spec.hub_config)), else from local files."""
+    (datasets.load_dataset(spec.hub_path, spec.hub_config)), else from local files. A task of
+    your own data (`spec.source`) reads its own files or dataset (`data_dir` unused) and returns
+    the split checked and normalised (`mvp_jax.data.custom.normalize_split`)."""
     spec = get_task(spec)
+    if spec.source is not None:  # your own data: files or a hub dataset, checked and normalised
+        from .custom import normalize_split, read_source_split
+
+        return normalize_split(spec, read_source_split(spec, split), split)
     if split not in spec.splits:
         raise DataError(f"{spec.name} has no split {split!r}; splits: {spec.splits}")
     if data_dir is not None:
@@ -123,7 +131,7 @@ def _subsample(n: int, k: int | None, seed: int | None) -> np.ndarray:
     if k is None or k >= n:
         return np.arange(n)
     if k < 0:
-        raise ValueError(f"max samples must be >= 0, got {k}")
+        raise UserError(f"max samples must be >= 0, got {k}")
     if seed is None:
         return np.arange(k)
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
@@ -144,6 +152,8 @@ def load_task(name: str | TaskSpec, tokenizer, *, data_dir: str | Path | None = 
               seed: int = 0, with_train: bool = True, with_eval: bool = True) -> TaskData:
     """Load, tokenise and pad one task to fixed shapes.
 
+    name: a registry task name, or a TaskSpec (e.g. one of your own data, from
+      `mvp_jax.data.custom_task` / `task_from_config`).
     tokenizer: a (fast) HF tokenizer, or a path / name for AutoTokenizer.
     data_dir: None reads the hub; else local files (see `find_local_file`).
     max_seq_length: default 128 for GLUE, 384 for SQuAD (windows with `doc_stride` overlap).
@@ -157,7 +167,7 @@ def load_task(name: str | TaskSpec, tokenizer, *, data_dir: str | Path | None = 
     tokenizer = _as_tokenizer(tokenizer)
     L = int(max_seq_length or spec.max_seq_length)
     if spec.kind == "qa" and not doc_stride < L:
-        raise ValueError(f"doc_stride ({doc_stride}) must be smaller than max_seq_length ({L})")
+        raise UserError(f"doc_stride ({doc_stride}) must be smaller than max_seq_length ({L})")
     train, train_index = {}, np.zeros((0,), np.int32)
     if with_train:
         raw = load_raw(spec, "train", data_dir)

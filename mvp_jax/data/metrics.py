@@ -12,7 +12,8 @@ from scipy import stats
 from .squad import postprocess_qa, squad_metrics
 from .tasks import TaskSpec, get_task
 
-__all__ = ["accuracy", "binary_f1", "matthews_corrcoef", "pearson", "spearman", "evaluate"]
+__all__ = ["accuracy", "binary_f1", "macro_f1", "matthews_corrcoef", "pearson", "spearman",
+           "evaluate"]
 
 
 def accuracy(preds, labels) -> float:
@@ -26,6 +27,16 @@ def binary_f1(preds, labels, pos_label: int = 1) -> float:
     tp = np.sum(p & y)
     denom = 2 * tp + np.sum(p & ~y) + np.sum(~p & y)
     return float(2 * tp / denom) if denom else 0.0
+
+
+def macro_f1(preds, labels) -> float:
+    """Unweighted mean of the per-class F1 over the classes in ``labels`` or ``preds`` (sklearn
+    f1_score, average="macro"; a class never predicted nor present does not count)."""
+    preds, labels = np.asarray(preds).ravel(), np.asarray(labels).ravel()
+    classes = np.union1d(labels, preds)
+    if classes.size == 0:
+        return float("nan")
+    return float(np.mean([binary_f1(preds, labels, pos_label=c) for c in classes]))
 
 
 def matthews_corrcoef(preds, labels) -> float:
@@ -60,7 +71,8 @@ def evaluate(spec: TaskSpec | str, eval_set, predictions) -> dict[str, float]:
     (start_logits [F, L], end_logits [F, L]) over the F features of `eval_set`. N / F must be
     exactly the eval set's size (drop batch padding first).
     Returns cola {"mcc"}; sst2/mnli/qnli/rte/wnli {"accuracy"}; mrpc/qqp {"accuracy", "f1"};
-    stsb {"pearson", "spearman"}; squad {"exact_match", "f1"}.
+    stsb {"pearson", "spearman"}; squad {"exact_match", "f1"}; your own data (custom_task)
+    {"accuracy", "macro_f1"} (classification), {"pearson", "spearman"} (regression).
     """
     spec = get_task(spec)
     if spec.kind == "qa":
@@ -91,4 +103,6 @@ def evaluate(spec: TaskSpec | str, eval_set, predictions) -> dict[str, float]:
     out = {"accuracy": accuracy(preds, labels)}
     if "f1" in spec.metrics:
         out["f1"] = binary_f1(preds, labels)
+    if "macro_f1" in spec.metrics:
+        out["macro_f1"] = macro_f1(preds, labels)
     return out

@@ -6,11 +6,28 @@ import dataclasses
 import difflib
 from typing import Literal
 
-__all__ = ["DataError", "TaskSpec", "TASKS", "get_task"]
+from mvp_jax.errors import UserError
+
+__all__ = ["DataError", "Source", "TaskSpec", "TASKS", "get_task"]
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad task name, missing data file or malformed data."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where the splits of a task of your own data come from (``mvp_jax.data.custom``): local
+    files by split, or a hub dataset (``hub_path``, ``hub_config``) with its split names by
+    split. ``label_column`` is the user's label column; ``labels_from_train`` tells whether the
+    class names were read from the training split (for messages)."""
+
+    files: tuple[tuple[str, str], ...] = ()
+    hub_path: str | None = None
+    hub_config: str | None = None
+    hub_splits: tuple[tuple[str, str], ...] = ()
+    label_column: str = "label"
+    labels_from_train: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +37,8 @@ class TaskSpec:
     Columns (`text_keys`, `label_key`) are the Hugging Face hub dataset's column names; local
     files are read into datasets with the same columns. `label_names[i]` is the name of class i
     (as on the hub). `eval_splits` are hub split names; `local_files` maps every split to its
-    file name inside the local task directory (`local_dir`).
+    file name inside the local task directory (`local_dir`). `source` is set for a task of your
+    own data (`mvp_jax.data.custom.custom_task`) and None for the registry's tasks.
     """
 
     name: str
@@ -37,6 +55,7 @@ class TaskSpec:
     label_key: str = "label"
     label_names: tuple[str, ...] = ()
     max_seq_length: int = 128
+    source: Source | None = None
 
     @property
     def splits(self) -> tuple[str, ...]:

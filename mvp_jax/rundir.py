@@ -1,0 +1,172 @@
+"""A run directory: what a run writes there, checking it before any write, atomic JSON, a lock.
+
+A run directory holds exactly these entries (``RUN_ENTRIES``); ``--overwrite`` removes these
+and nothing else, so a user's own files beside them are never deleted::
+
+    config.yaml  metrics.jsonl  tb/  checkpoints/  export/  counts.json  eval_results.json
+    run.lock     (while a process runs in it)
+
+A directory that holds other files but no run is refused even with ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from typing import Any
+
+from mvp_jax.errors import UserError
+
+RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "eval_results.json")
+RUN_ENTRIES = (*RUN_MARKERS, "tb", "export", "counts.json")
+LOCK = "run.lock"
+
+
+class RunError(UserError):
+    """A run that cannot start or continue; the message says why."""
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` atomically: a reader (or a crash) sees the old file or the new one whole."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def holds_run(output_dir: str) -> bool:
+    return os.path.isdir(output_dir) and any(
+        os.path.exists(os.path.join(output_dir, m)) for m in RUN_MARKERS)
+
+
+def foreign_entries(output_dir: str) -> list[str]:
+    """Entries of ``output_dir`` that a run does not write (sorted)."""
+    ours = {*RUN_ENTRIES, LOCK}
+    return sorted(e for e in os.listdir(output_dir)
+                  if e not in ours and not (e.endswith(".tmp") and e[:-4] in ours))
+
+
+def prepare_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> bool:
+    """Check ``output_dir`` before anything is written; returns True when resuming.
+
+    A directory holding another run is refused unless ``resume`` or ``overwrite``; a non-empty
+    directory holding no run is refused in every case (``overwrite`` replaces runs only)."""
+    if resume and overwrite:
+        raise RunError("--resume and --overwrite exclude each other")
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise RunError(f"output directory {output_dir!r} is a file")
+    has_run = holds_run(output_dir)
+    if resume:
+        if not has_run:
+            raise RunError(f"--resume: {output_dir!r} holds no run to resume")
+        return True
+    if has_run and not overwrite:
+        raise RunError(f"output directory {output_dir!r} already holds a run; "
+                       "pass --resume to continue it or --overwrite to replace it")
+    if not has_run and os.path.isdir(output_dir):
+        foreign = foreign_entries(output_dir)
+        if foreign:
+            raise RunError(f"output directory {output_dir!r} is not empty and holds no run "
+                           f"(e.g. {foreign[0]!r}); choose an empty or new directory"
+                           + ("" if not overwrite else "; --overwrite replaces runs only"))
+    return False
+
+
+def remove_run_files(output_dir: str) -> None:
+    """Delete what a run wrote in ``output_dir`` (``RUN_ENTRIES`` by name), nothing else."""
+    for name in RUN_ENTRIES:
+        for path in (os.path.join(output_dir, name), os.path.join(output_dir, name + ".tmp")):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+class RunLock:
+    """``run.lock`` (host and pid of the owner), created with ``O_EXCL``: one process at a time
+    runs in a directory. A lock of a dead process on this host is stale and taken over."""
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, LOCK)
+        self.held = False
+
+    def _owner(self) -> tuple[str, int] | None:
+        try:
+            with open(self.path) as f:
+                info = json.load(f)
+            return str(info["host"]), int(info["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def acquire(self) -> "RunLock":
+        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is None or (owner[0] == socket.gethostname() and not _alive(owner[1])):
+                    who = "unreadable" if owner is None else f"pid {owner[1]}, no longer running"
+                    print(f"mvp-jax: warning: taking over the stale lock {self.path} ({who})",
+                          file=sys.stderr)
+                    os.remove(self.path)
+                    continue
+                raise RunError(f"{os.path.dirname(self.path)!r} is in use by another run "
+                               f"(pid {owner[1]} on {owner[0]}; lock {self.path})") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me + "\n")
+            self.held = True
+            return self
+        raise RunError(f"could not take the lock {self.path}")
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            try:
+                os.remove(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def pause_for_test(point: str) -> None:
+    """Test hook: with ``MVP_JAX_TEST_PAUSE=point[:n]`` the n-th (default first) arrival at
+    ``point`` (``step``, ``eval``, ``save``, ``export``) prints ``paused at point`` to stderr
+    and sleeps, so a test can kill the process at a reproducible moment."""
+    spec = os.environ.get("MVP_JAX_TEST_PAUSE")
+    if not spec or spec.split(":")[0] != point:
+        return
+    pause_for_test.count[point] = pause_for_test.count.get(point, 0) + 1
+    nth = int(spec.split(":")[1]) if ":" in spec else 1
+    if pause_for_test.count[point] == nth:
+        print(f"paused at {point}", file=sys.stderr, flush=True)
+        time.sleep(float(os.environ.get("MVP_JAX_TEST_PAUSE_S", "600")))
+
+
+pause_for_test.count = {}
