@@ -6,7 +6,7 @@ For the 5% of each matrix that movement (the paper's scores), random and magnitu
 first, R = W * (1 - M): its Frobenius and spectral norms, the share of the top singular value,
 and its cosine with the fine-tuning displacement W - W0 (pruning moves W by -R).
 """
-import sys, numpy as np, orbax.checkpoint as ocp, jax
+import sys, numpy as np, orbax.checkpoint as ocp
 from mvp_jax import masking
 from mvp_jax.models import load_pretrained
 raw = ocp.StandardCheckpointer().restore(sys.argv[1])
