@@ -115,8 +115,11 @@ class CheckpointManager:
         return self._restore(self._step(step), None)
 
     def _saved_fields(self, step: int):
+        """Top-level fields saved at ``step`` (None when its metadata cannot be read)."""
+        from etils import epath
+
         try:
-            meta = self._mngr.item_metadata(step)
+            meta = _Handler().metadata(epath.Path(self.directory) / str(step) / "default")
         except Exception:  # no readable metadata: restore every field
             return None
         tree = getattr(meta, "tree", meta)
