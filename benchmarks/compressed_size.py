@@ -23,10 +23,11 @@ from functools import partial
 
 import jax
 import numpy as np
-from flax import traverse_util
 from transformers import BertConfig
 
-from mvp_jax.export import count_remaining, quantize_int8, save_compressed
+from mvp_jax import tree
+from mvp_jax.compressed import quantize_int8, save_compressed
+from mvp_jax.export import count_remaining
 from mvp_jax.masking import apply_masks, init_scores, prunable_paths
 from mvp_jax.models import build_module, init_params
 
@@ -35,7 +36,7 @@ MB = 1e6
 
 def index_sizes(params) -> dict:
     """Deflated bytes of the two index encodings over all prunable matrices."""
-    flat = traverse_util.flatten_dict(params, sep="/")
+    flat = tree.flatten(params)
     bitmask = csr = 0
     for path in prunable_paths(params):
         q, _ = quantize_int8(np.asarray(flat[path]))

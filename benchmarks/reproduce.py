@@ -1,11 +1,13 @@
 """Reproduce the paper's main comparison (Sanh, Wolf & Rush 2020, Figure 2) at lab scale.
 
-One command fine-tunes the embedded MiniLM ("minilm-l6") densely, then fine-prunes it with each
-pruning *variant* (below) at each target fraction of remaining encoder weights, with and/or
-without distillation from the dense model (its export/ directory is the teacher), on SST-2 (and,
-for the cpu-reduced and full presets, on the SQuAD-dev split); then it writes results.csv,
-results.md (the table and which of the paper's claims held, computed from its rows),
-lambda_trials.csv and figure2.png under --out.
+Two steps. The *sweep* fine-tunes the embedded MiniLM ("minilm-l6") densely, then fine-prunes it
+with each pruning *variant* (below) at each target fraction of remaining encoder weights, with
+and/or without distillation from the dense model (its export/ directory is the teacher), on
+SST-2 (and, for the cpu-reduced and full presets, on the SQuAD-dev split). Each run is a config:
+the variant's YAML files plus a list of overrides (``make_run``), run by
+``mvp_jax.runner.fine_prune`` into its own directory. The *report* (``--report-only`` alone)
+reads the finished run directories and writes results.csv, results.md (the table and which of
+the paper's claims held, computed from its rows), lambda_trials.csv and figure2.png under --out.
 
 Variants (the unit of comparison; --methods takes their names, or the prune.method names
 topk = movement_paper and sigmoied_threshold = soft_movement):
@@ -22,8 +24,8 @@ target, lambda is searched by secant steps on log(lambda) vs log(remaining weigh
 runs, starting from the recipe's final_lambda (every trial is a complete run with its own
 eval_results.json; all trials are listed in lambda_trials.csv, and the table reports, per
 target, the trial whose remaining weights are closest to the target in log ratio). Remaining
-weights are counted on the exported model (export/model.safetensors: zeros in the encoder's
-prunable matrices) and checked against the run's eval_results.json.
+weights are counted by ``mvp_jax.export.count_remaining`` on the exported model
+(export/model.safetensors) and checked against the run's eval_results.json.
 
     # lab recipes (configs/lab/sst2/<variant>.yaml) at 600 updates on 2 CPU cores: dense, then
     # 3% and 50% for movement (both variants), magnitude, random; soft movement at 3%;
@@ -34,7 +36,7 @@ prunable matrices) and checked against the run's eval_results.json.
     python benchmarks/reproduce.py --preset cpu-reduced
     # paper-like run (a GPU): full SST-2 train set, SQuAD-dev split, 3 epochs, seq 128/384
     python benchmarks/reproduce.py --preset full
-    # only rebuild the table, claims and plot from existing runs
+    # the report step alone: table, claims and plot from existing runs
     python benchmarks/reproduce.py --preset cpu-lab --report-only
 
 Run directories go under --runs-dir (git-ignored runs/reproduce, runs/reproduce_cpu_lab for
@@ -54,54 +56,53 @@ import platform
 import re
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / ".." / "shared" / "data").resolve()
 LAB = ROOT / "configs" / "lab" / "sst2"
 FRAGMENTS_DIR = ROOT / "configs" / "methods"
 
-METHODS = ("magnitude", "topk", "sigmoied_threshold", "l0", "random")  # prune.method values
 LAMBDA_METHODS = ("sigmoied_threshold", "l0")
 
-# The unit of comparison: variant -> (prune.method, overrides on top of its recipe).
+
+class Variant(NamedTuple):
+    """A named override list: ``prune.method`` and the overrides on top of its recipe, with
+    where its recipe lives, its run directories' prefix and its label and style in the report."""
+
+    method: str
+    overrides: tuple[str, ...]
+    label: str
+    prefix: str  # run directory names: the prune.method name where the variant is what that
+    # method meant before variants existed, so earlier run directories still resolve
+    lab_recipe: str  # configs/lab/sst2/<lab_recipe>.yaml (--recipes lab)
+    fragment: str  # configs/lab/sst2/_task.yaml + configs/methods/<fragment>.yaml (fragments)
+    color: str
+    marker: str
+
+
+# The unit of comparison, in table order.
 VARIANTS = {
-    "magnitude": ("magnitude", []),
-    "movement_paper": ("topk", []),
-    "movement": ("topk", ["prune.mask_init=magnitude", "prune.mask_scale=2.0"]),
-    "soft_movement": ("sigmoied_threshold", []),
-    "l0": ("l0", []),
-    "random": ("random", []),
+    "dense": Variant("none", (), "dense", "dense", "dense", "dense", "black", ""),
+    "magnitude": Variant("magnitude", (), "magnitude", "magnitude", "magnitude", "magnitude",
+                         "tab:blue", "o"),
+    "movement_paper": Variant("topk", (), "movement (paper: scores from 0)", "topk",
+                              "movement_paper", "movement", "tab:orange", "s"),
+    "movement": Variant("topk", ("prune.mask_init=magnitude", "prune.mask_scale=2.0"),
+                        "movement (scores from magnitude)", "movement", "movement", "movement",
+                        "tab:purple", "v"),
+    "soft_movement": Variant("sigmoied_threshold", (), "soft movement", "sigmoied_threshold",
+                             "soft_movement", "soft_movement", "tab:green", "^"),
+    "l0": Variant("l0", (), "L0 regularization", "l0", "l0", "l0", "tab:red", "D"),
+    "random": Variant("random", (), "random (control)", "random", "random", "random", "grey",
+                      "x"),
 }
-VARIANT_LABELS = {"dense": "dense", "magnitude": "magnitude",
-                  "movement_paper": "movement (paper: scores from 0)",
-                  "movement": "movement (scores from magnitude)",
-                  "soft_movement": "soft movement", "l0": "L0 regularization",
-                  "random": "random (control)"}
-VARIANT_ORDER = ("dense", "magnitude", "movement_paper", "movement", "soft_movement", "l0",
-                 "random")
+VARIANT_ORDER = tuple(VARIANTS)
 MOVEMENT_VARIANTS = ("movement", "movement_paper")
 # prune.method names that --methods also accepts: what the presets meant by them before variants
 METHOD_ALIASES = {"none": "dense", "topk": "movement_paper", "sigmoied_threshold": "soft_movement"}
-# Run directory name prefixes: the method name where the variant is what that method meant
-# before variants existed, so earlier run directories still resolve (and --resume-existing
-# finds them).
-RUN_PREFIX = {"dense": "dense", "magnitude": "magnitude", "movement_paper": "topk",
-              "movement": "movement", "soft_movement": "sigmoied_threshold", "l0": "l0",
-              "random": "random"}
-PREFIX_VARIANT = {p: v for v, p in RUN_PREFIX.items()}
-
-# Where a run's config comes from. "lab": the lab recipe of the variant alone
-# (configs/lab/sst2/<recipe>.yaml: the recipe lives in one place); "fragments": the lab task
-# file plus the method fragment (configs/methods/, the reference README's values), what the
-# cpu-reduced and full presets have always used.
-LAB_RECIPES = {"dense": "dense", "magnitude": "magnitude", "movement_paper": "movement_paper",
-               "movement": "movement", "soft_movement": "soft_movement", "l0": "l0",
-               "random": "random"}
-FRAGMENTS = {"dense": "dense", "magnitude": "magnitude", "movement_paper": "movement",
-             "movement": "movement", "soft_movement": "soft_movement", "l0": "l0",
-             "random": "random"}
+PREFIX_VARIANT = {v.prefix: name for name, v in VARIANTS.items()}
 
 TASKS = ("sst2", "squad_dev_split")
 TASK_LABELS = {"sst2": "SST-2 (dev)", "squad_dev_split": "SQuAD-dev split (last 10 articles)"}
@@ -166,10 +167,10 @@ def _names(text):
 def variant_name(name):
     """The variant a --methods entry (a variant or a prune.method name) stands for."""
     v = METHOD_ALIASES.get(name, name)
-    if v != "dense" and v not in VARIANTS:
+    if v not in VARIANTS:
         aliases = ", ".join(k for k in METHOD_ALIASES if k != "none")
         raise ValueError(f"unknown method or variant {name!r}; choose from "
-                         f"{', '.join(VARIANTS)} (or {aliases})")
+                         f"{', '.join(VARIANT_ORDER[1:])} (or {aliases})")
     return v
 
 
@@ -179,7 +180,7 @@ def build_parser():
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-reduced",
                    help="default values of every option below (default: cpu-reduced)")
     p.add_argument("--tasks", help="comma list of sst2, squad_dev_split")
-    p.add_argument("--methods", help="comma list of variants: " + ", ".join(VARIANTS)
+    p.add_argument("--methods", help="comma list of variants: " + ", ".join(VARIANT_ORDER[1:])
                    + " (topk = movement_paper, sigmoied_threshold = soft_movement)")
     p.add_argument("--targets", help="remaining-weight fractions, e.g. 0.5,0.1,0.03")
     p.add_argument("--lambda-targets",
@@ -278,16 +279,30 @@ def resolve_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Runs
+# The sweep: runs as config files + override lists
 # ----------------------------------------------------------------------------------------------
+
+
+class Run(NamedTuple):
+    """One run of the sweep: its directory under --runs-dir/<task> and its config."""
+
+    task: str
+    name: str
+    files: tuple[str, ...]
+    overrides: tuple[str, ...]
+
+    def config(self):
+        from mvp_jax.config import load_config
+
+        return load_config(list(self.files), list(self.overrides))
 
 
 def config_files(args, variant):
     """The YAML files of ``variant``'s run (before the preset's overrides)."""
-    variant = variant_name(variant)
+    v = VARIANTS[variant_name(variant)]
     if args.recipes == "lab":
-        return [LAB / f"{LAB_RECIPES[variant]}.yaml"]
-    return [LAB / "_task.yaml", FRAGMENTS_DIR / f"{FRAGMENTS[variant]}.yaml"]
+        return [LAB / f"{v.lab_recipe}.yaml"]
+    return [LAB / "_task.yaml", FRAGMENTS_DIR / f"{v.fragment}.yaml"]
 
 
 def recipe_config(args, variant):
@@ -330,17 +345,24 @@ def task_settings(args, task, recipe=None):
     return ov
 
 
-def make_config(args, task, method, target, seed, lam=None, teacher=None, total_steps=None):
-    """The config of one run of variant (or prune.method name) ``method``."""
-    from mvp_jax.config import load_config
+def method_settings(args, method, target, lam):
+    """Overrides of the pruning strength: the target of a Top-v method, lambda (and the scores'
+    learning rate, if given) of soft movement and L0."""
+    if method in ("magnitude", "topk", "random"):
+        return [f"prune.final_threshold={target}"]
+    if method not in LAMBDA_METHODS:
+        return []
+    lr = args.soft_scores_lr if method == "sigmoied_threshold" else args.l0_scores_lr
+    return [f"prune.final_lambda={lam}"] + ([f"train.scores_learning_rate={lr}"] if lr else [])
 
+
+def make_run(args, task, method, target, seed, lam=None, teacher=None, total_steps=None) -> Run:
+    """The run of variant (or prune.method name) ``method``: its recipe's files and the
+    overrides of the task, seed, variant, schedule, pruning strength and distillation."""
     variant = variant_name(method)
-    files = config_files(args, variant)
+    v = VARIANTS[variant]
     recipe = recipe_config(args, variant)
-    ov = task_settings(args, task, recipe) + [f"train.seed={seed}"]
-    kind = "none" if variant == "dense" else VARIANTS[variant][0]
-    if variant != "dense":
-        ov += list(VARIANTS[variant][1])
+    ov = task_settings(args, task, recipe) + [f"train.seed={seed}"] + list(v.overrides)
     if total_steps is not None:
         frac = args.warmup_fraction
         if frac is None:  # the recipe's warm-up ratio (lab: 120 / 1200)
@@ -348,22 +370,19 @@ def make_config(args, task, method, target, seed, lam=None, teacher=None, total_
             frac = r.warmup_steps / r.max_steps if r.max_steps else 0.1
         warm = max(1, round(frac * total_steps))
         ov += [f"train.warmup_steps={warm}", f"train.log_every={max(1, total_steps // 20)}"]
-    if kind in ("magnitude", "topk", "random"):
-        ov.append(f"prune.final_threshold={target}")
-    if kind == "sigmoied_threshold":
-        ov.append(f"prune.final_lambda={lam}")
-        if args.soft_scores_lr:
-            ov.append(f"train.scores_learning_rate={args.soft_scores_lr}")
-    if kind == "l0":
-        ov.append(f"prune.final_lambda={lam}")
-        if args.l0_scores_lr:
-            ov.append(f"train.scores_learning_rate={args.l0_scores_lr}")
+    ov += method_settings(args, v.method, target, lam)
     if teacher:
         ov.append(f"distill.teacher={teacher}")
-        for key in ("alpha_ce", "alpha_distil", "temperature"):
-            if getattr(args, key, None) is not None:
-                ov.append(f"distill.{key}={getattr(args, key)}")
-    return load_config([str(f) for f in files], ov + list(args.overrides))
+        ov += [f"distill.{key}={getattr(args, key)}" for key in
+               ("alpha_ce", "alpha_distil", "temperature") if getattr(args, key, None) is not None]
+    name = run_name(variant, bool(teacher), target, seed, lam)
+    return Run(task, name, tuple(map(str, config_files(args, variant))),
+               tuple(ov + list(args.overrides)))
+
+
+def make_config(args, task, method, target, seed, lam=None, teacher=None, total_steps=None):
+    """The config of one run of variant (or prune.method name) ``method``."""
+    return make_run(args, task, method, target, seed, lam, teacher, total_steps).config()
 
 
 def start_lambda(args, variant):
@@ -389,24 +408,10 @@ def run_name(method, distill, target, seed, lam=None):
     """Run directory name of variant (or prune.method name) ``method``."""
     variant = variant_name(method)
     name = "dense" if variant == "dense" else \
-        f"{RUN_PREFIX[variant]}_{'kd' if distill else 'nokd'}_t{target:g}"
+        f"{VARIANTS[variant].prefix}_{'kd' if distill else 'nokd'}_t{target:g}"
     if lam is not None:
         name += f"_lam{lam:.4g}"
     return f"{name}_s{seed}"
-
-
-def count_export(export_dir: Path):
-    """(remaining, total) over the encoder's prunable matrices of an exported HF model."""
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(export_dir / "model.safetensors"))
-    remaining = total = 0
-    for name, w in tensors.items():
-        if ".encoder." in name and name.endswith(".weight") and "LayerNorm" not in name \
-                and w.ndim == 2:
-            remaining += int((w != 0).sum())
-            total += int(w.size)
-    return remaining, total
 
 
 def log(msg):
@@ -417,32 +422,29 @@ class Deadline(Exception):
     pass
 
 
-@dataclass
-class Runner:
-    args: argparse.Namespace
-    done: list = field(default_factory=list)
+def run_or_read(args, task, method, distill, target, seed, lam=None, teacher=None):
+    """One run of the sweep (not run again when --resume-existing finds it finished); its row."""
+    from mvp_jax.runner import fine_prune
 
-    def run(self, task, method, distill, target, seed, lam=None, teacher=None):
-        """One fine-prune run of variant ``method`` (or its existing results); a result row."""
-        from mvp_jax.runner import fine_prune
+    d = Path(args.runs_dir) / task / run_name(method, distill, target, seed, lam)
+    if not (args.resume_existing and (d / "eval_results.json").exists()):
+        if args.deadline and time.strftime("%H:%M") >= args.deadline:
+            raise Deadline(args.deadline)
+        steps = total_steps_of(args, task, seed)
+        run = make_run(args, task, method, target, seed, lam, teacher, steps)
+        log(f"run {d}: {' '.join(run.overrides)}")
+        tic = time.time()
+        fine_prune(run.config(), str(d), overwrite=True, progress=False)
+        (d / "wall_seconds.txt").write_text(f"{time.time() - tic:.1f}\n")
+    row = read_run(d)
+    log(f"  -> remaining {row['remaining_weights']:.4f} {MAIN_METRIC[task]} "
+        f"{row[MAIN_METRIC[task]]:.4f}")
+    return row
 
-        d = Path(self.args.runs_dir) / task / run_name(method, distill, target, seed, lam)
-        res_file = d / "eval_results.json"
-        if not (self.args.resume_existing and res_file.exists()):
-            if self.args.report_only:
-                return None
-            if self.args.deadline and time.strftime("%H:%M") >= self.args.deadline:
-                raise Deadline(self.args.deadline)
-            steps = total_steps_of(self.args, task, seed)
-            cfg = make_config(self.args, task, method, target, seed, lam, teacher, steps)
-            log(f"run {d}")
-            tic = time.time()
-            fine_prune(cfg, str(d), overwrite=True, progress=False)
-            (d / "wall_seconds.txt").write_text(f"{time.time() - tic:.1f}\n")
-        row = read_run(d)
-        log(f"  -> remaining {row['remaining_weights']:.4f} {MAIN_METRIC[task]} "
-            f"{row[MAIN_METRIC[task]]:.4f}")
-        return row
+
+# ----------------------------------------------------------------------------------------------
+# Run directories -> result rows
+# ----------------------------------------------------------------------------------------------
 
 
 _NAME = re.compile(r"^(?P<prefix>.+?)_(?:kd|nokd)_t(?P<target>[0-9.e+-]+?)(?:_lam[^_]+)?_s-?\d+$")
@@ -456,6 +458,10 @@ def _override_value(text):
     return section, key, yaml.safe_load(raw)
 
 
+def _has_overrides(cfg, overrides):
+    return all(cfg.get(s, {}).get(k) == val for s, k, val in map(_override_value, overrides))
+
+
 def variant_of_run(name, method, cfg):
     """The variant of a run directory: from its name (what this script ran), checked against
     its prune.method and the variant's overrides in its config.yaml."""
@@ -464,21 +470,34 @@ def variant_of_run(name, method, cfg):
     m = _NAME.match(name)
     variant = PREFIX_VARIANT.get(m["prefix"]) if m else None
     if variant is None or variant == "dense":  # not named by this script: from the config
-        cands = [v for v, (meth, ov) in VARIANTS.items() if meth == method and all(
-            cfg.get(s, {}).get(k) == val for s, k, val in map(_override_value, ov))]
+        cands = [n for n, v in VARIANTS.items()
+                 if v.method == method and _has_overrides(cfg, v.overrides)]
         if not cands:
             raise RuntimeError(f"{name}: no variant of method {method!r} matches its config")
-        return max(cands, key=lambda v: len(VARIANTS[v][1]))
-    want, ov = VARIANTS[variant]
-    if method != want:
-        raise RuntimeError(f"{name}: named as variant {variant} (prune.method {want}) but ran "
-                           f"prune.method {method}")
-    for s, k, val in map(_override_value, ov):
+        return max(cands, key=lambda n: len(VARIANTS[n].overrides))
+    want = VARIANTS[variant]
+    if method != want.method:
+        raise RuntimeError(f"{name}: named as variant {variant} (prune.method {want.method}) "
+                           f"but ran prune.method {method}")
+    for s, k, val in map(_override_value, want.overrides):
         got = cfg.get(s, {}).get(k, val)
         if got != val:
             raise RuntimeError(f"{name}: variant {variant} needs {s}.{k}={val}, its config has "
                                f"{got!r}")
     return variant
+
+
+def export_counts(export_dir: Path) -> dict:
+    """``mvp_jax.export.count_remaining`` of an exported model (its weights read back), over
+    the prunable patterns it has (all six for a BERT)."""
+    from mvp_jax import tree
+    from mvp_jax.export import count_remaining
+    from mvp_jax.models import read_weights
+    from mvp_jax.models.layout import PRUNABLE
+
+    flat = read_weights(str(export_dir))[1]
+    present = [p for p in PRUNABLE if any(re.search(p, path) for path in flat)]
+    return count_remaining(tree.unflatten(flat), present)
 
 
 def read_run(d: Path) -> dict:
@@ -487,7 +506,8 @@ def read_run(d: Path) -> dict:
 
     res = json.loads((d / "eval_results.json").read_text())
     cfg = yaml.safe_load((d / "config.yaml").read_text())
-    remaining, total = count_export(d / "export")
+    counts = export_counts(d / "export")
+    remaining, total = counts["remaining"], counts["total"]
     if (remaining, total) != (res["remaining"], res["prunable"]):
         raise RuntimeError(f"{d}: export counts {remaining}/{total} differ from eval_results "
                            f"{res['remaining']}/{res['prunable']}")
@@ -511,6 +531,11 @@ def read_run(d: Path) -> dict:
         # script), GLUE accuracy as a fraction
         row[k] = float(metrics[k]) / (100.0 if task.startswith("squad") else 1.0)
     return row
+
+
+# ----------------------------------------------------------------------------------------------
+# The sweep's order, and the lambda search of soft movement and L0
+# ----------------------------------------------------------------------------------------------
 
 
 def next_lambda(trials, target, default):
@@ -561,7 +586,7 @@ def plan(args):
         kd_variants = args.distill_methods if args.distill_methods is not None else variants
 
         def wanted(variant, distill, target):
-            is_lam = VARIANTS[variant][0] in LAMBDA_METHODS
+            is_lam = VARIANTS[variant].method in LAMBDA_METHODS
             if variant not in variants or target not in (lam_targets if is_lam else targets):
                 return False
             return not distill or (variant in kd_variants and target in args.distill_targets)
@@ -585,36 +610,30 @@ def plan(args):
     return cells
 
 
-def experiment(args, runner: Runner):
-    rows, trials = [], []
+def sweep(args):
+    """Run every cell of ``plan(args)`` in order (with --resume-existing, the finished ones are
+    read back instead); stops at --deadline."""
+    trials = []
     for task, seed, variant, distill, target in plan(args):
         teacher = str(Path(args.runs_dir) / task / run_name("dense", False, None, seed) / "export")
         try:
-            if variant == "dense":
-                row = runner.run(task, "dense", False, None, seed)
-                if row is not None:
-                    row["selected"] = True
-            else:
-                row = run_cell(args, runner, task, variant, distill, target, seed, teacher,
-                               trials)
+            run_cell(args, task, variant, distill, target, seed, teacher, trials)
         except Deadline:
             log("deadline reached: no more runs")
-            return rows, trials
-        if row:
-            rows.append(row)
-    return rows, trials
+            return
 
 
-def run_cell(args, runner, task, method, distill, target, seed, teacher, trials):
-    """Hard-target variants: one run. Soft movement / L0: up to --lambda-trials runs for this
-    target (those already on disk for it count, with --resume-existing), each lambda from all
-    the trials so far of the same task/variant/distillation/seed (secant on log-log, from the
-    recipe's final_lambda); stops when a trial lands within 25% of the target. The table picks
-    among trials afterwards."""
+def run_cell(args, task, method, distill, target, seed, teacher, trials):
+    """Dense and hard-target variants: one run. Soft movement / L0: up to --lambda-trials runs
+    for this target (those already on disk for it count, with --resume-existing), each lambda
+    from all the trials so far of the same task/variant/distillation/seed (secant on log-log,
+    from the recipe's final_lambda); stops when a trial lands within 25% of the target. The
+    report picks among trials afterwards."""
     variant = variant_name(method)
     t = teacher if distill else None
-    if VARIANTS[variant][0] not in LAMBDA_METHODS:
-        return runner.run(task, variant, distill, target, seed, teacher=t)
+    if VARIANTS[variant].method not in LAMBDA_METHODS:
+        run_or_read(args, task, variant, distill, target, seed, teacher=t)
+        return
     kd = "yes" if distill else "no"
 
     def known(kd_):
@@ -637,22 +656,18 @@ def run_cell(args, runner, task, method, distill, target, seed, teacher, trials)
         lam = float(f"{next_lambda(hist, target, start_lambda(args, variant)):.4g}")
         if any(abs(lam - r["lambda"]) < 1e-9 for r in cands):
             break
-        row = runner.run(task, variant, distill, target, seed, lam=lam, teacher=t)
-        if row is None:
-            break
-        trials.append(row)
-    return None
+        trials.append(run_or_read(args, task, variant, distill, target, seed, lam=lam, teacher=t))
 
 
 def trials_on_disk(args, task, method, distill, seed):
     """Finished runs of one variant/distillation/seed under --runs-dir."""
-    pattern = f"{RUN_PREFIX[variant_name(method)]}_{'kd' if distill else 'nokd'}_t*_s{seed}"
+    pattern = f"{VARIANTS[variant_name(method)].prefix}_{'kd' if distill else 'nokd'}_t*_s{seed}"
     return [read_run(d) for d in sorted((Path(args.runs_dir) / task).glob(pattern))
             if (d / "eval_results.json").exists()]
 
 
 def existing_trials(args):
-    """Every finished run under --runs-dir (for --report-only)."""
+    """Every finished run under --runs-dir: the rows the report is made from."""
     out = []
     for task in args.tasks:
         for d in sorted((Path(args.runs_dir) / task).glob("*")):
@@ -747,7 +762,7 @@ def markdown_table(rows):
         for r in trs:
             d = dense.get(r["seed"])
             delta = "" if d is None or r["method"] == "none" else f"{100 * (r[main] - d[main]):+.1f}"
-            cells = [VARIANT_LABELS[_variant(r)], r["distill"],
+            cells = [VARIANTS[_variant(r)].label, r["distill"],
                      "100" if r["method"] == "none" else _fmt(r["target"], pct=True),
                      f"{100 * r['remaining_weights']:.2f}", *[_fmt(r[m], pct=True) for m in mets],
                      delta, "" if r["lambda"] is None else f"{r['lambda']:g}", str(r["seed"]),
@@ -759,14 +774,16 @@ def markdown_table(rows):
 
 
 def variants_note(rows):
-    """What each variant in ``rows`` is (prune.method and overrides)."""
+    """What each variant in ``rows`` is (its method, ``prune.method`` and overrides)."""
+    from mvp_jax import methods
+
     present = [v for v in VARIANT_ORDER[1:] if any(_variant(r) == v for r in rows)]
     lines = []
-    for v in present:
-        method, ov = VARIANTS[v]
-        extra = ", ".join(f"`{o}`" for o in ov)
-        lines.append(f"- {VARIANT_LABELS[v]} (`{v}`): `prune.method={method}`"
-                     + (f", {extra}" if extra else ""))
+    for name in present:
+        v = VARIANTS[name]
+        extra = "".join(f", `{o}`" for o in v.overrides)
+        lines.append(f"- {v.label} (`{name}`): {methods.get(v.method).label}, "
+                     f"`prune.method={v.method}`{extra}")
     return "\n".join(lines)
 
 
@@ -801,7 +818,7 @@ def _pct(x):
 def _describe(c):
     kd = " + distillation" if c["distill"] == "yes" else ""
     seeds = f", mean of {c['n']} seeds" if c["n"] > 1 else ""
-    return (f"{VARIANT_LABELS[c['variant']]}{kd} {100 * c['metric']:.1f}% "
+    return (f"{VARIANTS[c['variant']].label}{kd} {100 * c['metric']:.1f}% "
             f"({100 * c['remaining']:.2f}% remaining{seeds})")
 
 
@@ -811,7 +828,7 @@ def _versus(task, a, others):
     delta = round(100 * (a["metric"] - best["metric"]), 6)  # no float noise in ties
     verdict = "held" if delta > 0 else "not held"
     detail = f"{_describe(a)} vs " + ", ".join(_describe(o) for o in others)
-    detail += f"; Δ {delta:+.1f} points" + (f" vs {VARIANT_LABELS[best['variant']]}"
+    detail += f"; Δ {delta:+.1f} points" + (f" vs {VARIANTS[best['variant']].label}"
                                             + (" + distillation" if best["distill"] == "yes"
                                                else "") if len(others) > 1 else "")
     notes = []
@@ -821,7 +838,7 @@ def _versus(task, a, others):
     if chance is not None and a["metric"] <= chance and best["metric"] <= chance:
         notes.append("both at the majority class")
     elif chance is not None and a["metric"] <= chance:
-        notes.append(f"{VARIANT_LABELS[a['variant']]} is at the majority class")
+        notes.append(f"{VARIANTS[a['variant']].label} is at the majority class")
     if notes:
         detail += " (" + "; ".join(notes) + ")"
     return verdict, detail
@@ -865,7 +882,8 @@ def claims(rows, high=HIGH_TARGET, low=LOW_TARGET):
         for v in movements:
             mv = cell(v, high)
             if mv is None or mag is None:
-                missing = [VARIANT_LABELS[m] for m, c in ((v, mv), ("magnitude", mag)) if c is None]
+                missing = [VARIANTS[m].label for m, c in ((v, mv), ("magnitude", mag))
+                           if c is None]
                 add(claim, v, "not run", f"no run at {H} of " + " or ".join(missing))
             else:
                 add(claim, v, *_versus(task, mv, [mag]))
@@ -901,7 +919,7 @@ def claims(rows, high=HIGH_TARGET, low=LOW_TARGET):
         for v, t in pairs:
             kd, no = cell(v, t, "yes"), cell(v, t, "no")
             if no is None:
-                add(claim, v, "not run", f"no {VARIANT_LABELS[v]} run without distillation "
+                add(claim, v, "not run", f"no {VARIANTS[v].label} run without distillation "
                                          f"at {_pct(t)} to compare with")
             elif max(kd["remaining"], no["remaining"]) > FAR * min(kd["remaining"],
                                                                    no["remaining"]):
@@ -922,7 +940,7 @@ def claims(rows, high=HIGH_TARGET, low=LOW_TARGET):
             for t in targets:
                 mv, rnd = cell(v, t), cell("random", t)
                 if mv is None or rnd is None:
-                    missing = [VARIANT_LABELS[m] for m, c in ((v, mv), ("random", rnd))
+                    missing = [VARIANTS[m].label for m, c in ((v, mv), ("random", rnd))
                                if c is None]
                     add(f"{claim} at {_pct(t)}", v, "not run",
                         f"no run at {_pct(t)} of " + " or ".join(missing))
@@ -951,7 +969,7 @@ def claims_markdown(items):
             continue
         out.append(f"**{TASK_LABELS[task]}**\n")
         for c in mine:
-            who = f" [{VARIANT_LABELS[c['variant']]}]" if c["variant"] else ""
+            who = f" [{VARIANTS[c['variant']].label}]" if c["variant"] else ""
             out.append(f"- {c['claim'][0].upper() + c['claim'][1:]}{who}: **{c['verdict']}**. "
                        f"{c['detail']}.")
         out.append("")
@@ -964,13 +982,9 @@ def line_style(variant, distill):
     and dashed (dotted with distillation)."""
     if variant == "random":
         return "grey", "x", ":" if distill == "yes" else "--", "grey"
-    color, marker = STYLE[variant]
-    return color, marker, "--" if distill == "yes" else "-", "white" if distill == "yes" else color
-
-
-STYLE = {"magnitude": ("tab:blue", "o"), "movement_paper": ("tab:orange", "s"),
-         "movement": ("tab:purple", "v"), "soft_movement": ("tab:green", "^"),
-         "l0": ("tab:red", "D"), "random": ("grey", "x")}
+    v = VARIANTS[variant]
+    kd = distill == "yes"
+    return v.color, v.marker, "--" if kd else "-", "white" if kd else v.color
 
 
 def plot(rows, path, title=None, trials=()):
@@ -1011,14 +1025,14 @@ def plot(rows, path, title=None, trials=()):
                 color, marker, ls, mfc = line_style(variant, distill)
                 ax.plot([xs[i] for i in order], [ys[i] for i in order], color=color,
                         marker=marker, ls=ls, mfc=mfc,
-                        label=VARIANT_LABELS[variant]
+                        label=VARIANTS[variant].label
                         + (" + distillation" if distill == "yes" else ""))
         shown = {(r["run"], r["distill"]) for r in trs}
         extra = [r for r in trials if r["task"] == task and (r["run"], r["distill"]) not in shown]
         for r in extra:
-            color, marker = STYLE[_variant(r)]
-            ax.plot([100 * r["remaining_weights"]], [100 * r[main]], ls="none", marker=marker,
-                    color=color, alpha=0.35, ms=5)
+            v = VARIANTS[_variant(r)]
+            ax.plot([100 * r["remaining_weights"]], [100 * r[main]], ls="none", marker=v.marker,
+                    color=v.color, alpha=0.35, ms=5)
         if extra:
             ax.plot([], [], ls="none", marker="o", color="grey", alpha=0.35,
                     label="other lambda trials")
@@ -1047,12 +1061,10 @@ def plot(rows, path, title=None, trials=()):
 
 
 def device_line():
-    try:
-        import jax
-        dev = jax.devices()[0]
-        kind = f"{dev.platform.upper()} ({dev.device_kind})"
-    except Exception:  # noqa: BLE001 - any failure: say so in the table header
-        kind = "unknown device"
+    import jax
+
+    dev = jax.devices()[0]
+    kind = f"{dev.platform.upper()} ({dev.device_kind})"
     return f"{kind}, {os.cpu_count()} cores, {platform.machine()}, {time.strftime('%Y-%m-%d')}"
 
 
@@ -1079,6 +1091,18 @@ def report(rows, trials, out, command, device):
     return items
 
 
+def report_step(args, command):
+    """The report: the rows of every finished run of --tasks under --runs-dir, the table picking
+    one lambda trial per target; files under --out, claims printed."""
+    all_rows = existing_trials(args)
+    rows = select_from_runs(args, all_rows)
+    trials = [r for r in all_rows if r["method"] in LAMBDA_METHODS]
+    items = report(rows, trials, args.out, command, device_line())
+    print(claims_markdown(items), flush=True)
+    log(f"wrote {args.out}/results.csv, results.md, lambda_trials.csv, figure2.png "
+        f"({len(rows)} rows)")
+
+
 def main(argv=None):
     args = resolve_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -1088,15 +1112,8 @@ def main(argv=None):
         log("plan: " + ", ".join(
             "dense" if v == "dense" else f"{v}{'+kd' if kd else ''}@{t:g}"
             for _, _, v, kd, t in plan(args)))
-        experiment(args, Runner(args))
-    # the table is made from the finished runs on disk (all of --runs-dir for --tasks)
-    all_rows = existing_trials(args)
-    rows = select_from_runs(args, all_rows)
-    trials = [r for r in all_rows if r["method"] in LAMBDA_METHODS]
-    items = report(rows, trials, args.out, command, device_line())
-    print(claims_markdown(items), flush=True)
-    log(f"wrote {args.out}/results.csv, results.md, lambda_trials.csv, figure2.png "
-        f"({len(rows)} rows)")
+        sweep(args)
+    report_step(args, command)
 
 
 if __name__ == "__main__":

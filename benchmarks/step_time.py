@@ -46,7 +46,8 @@ from mvp_jax import masking
 from mvp_jax import sharding as shd
 from mvp_jax.models import build_module, init_params
 from mvp_jax.optim import make_optimizer
-from mvp_jax.train import Pruning, init_state, jit_train_step, make_train_step
+from mvp_jax.config import PruneConfig
+from mvp_jax.train import init_state, jit_train_step, make_train_step
 
 TOTAL_STEPS = 10_000  # the schedule's length; timing starts half-way (v about 0.26)
 
@@ -120,10 +121,9 @@ class Variant:
     """One compiled train step with its own state and two device batches."""
 
     def __init__(self, module, params, config, variant: str, *, batch: int, seq: int, mesh):
-        kw = dict(initial_threshold=1.0, final_threshold=0.15, warmup_steps=0,
-                  total_steps=TOTAL_STEPS)
+        kw = dict(initial_threshold=1.0, final_threshold=0.15)
         kw.update(VARIANTS[variant])
-        pruning = Pruning(**kw)
+        pruning = PruneConfig(**kw)
         scores = {}
         if pruning.method in SCORE_INIT:
             init, scale = SCORE_INIT[pruning.method]
@@ -132,7 +132,8 @@ class Variant:
         state = init_state(params, scores, optimizer, seed=0)
         state = state.replace(step=jnp.int32(TOTAL_STEPS // 2))
         self.state = shd.place(state, shd.tree_shardings(state, mesh))
-        step_fn = make_train_step(module, "classification", pruning, optimizer)
+        step_fn = make_train_step(module, "classification", pruning, optimizer,
+                                  total_steps=TOTAL_STEPS)
         jitted = jit_train_step(step_fn, mesh, self.state, batch)
         put = shd.batch_sharding(mesh, batch, micro=True)
         self.batches = [shd.put_batch(synthetic_batch(config, batch, seq, s), put) for s in range(2)]

@@ -38,15 +38,16 @@ def jax_step(variant: str, seq: int, batch: int, dtype: str):
     from mvp_jax import masking, sharding
     from mvp_jax.models import load_pretrained
     from mvp_jax.optim import make_optimizer
-    from mvp_jax.train import Pruning, init_state, jit_train_step, make_train_step
+    from mvp_jax.config import PruneConfig
+    from mvp_jax.train import init_state, jit_train_step, make_train_step
 
     pre = load_pretrained("minilm-l6", head="classification", num_labels=2,
                           dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
     module = pre.module.clone(spec=dataclasses.replace(
         pre.module.spec, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     method = "none" if variant == "dense" else "topk"
-    pruning = Pruning(method=method, initial_threshold=1.0, final_threshold=0.15,
-                      initial_warmup=0, final_warmup=0, warmup_steps=0, total_steps=1000)
+    pruning = PruneConfig(method=method, initial_threshold=1.0, final_threshold=0.15,
+                          initial_warmup=0, final_warmup=0)
     scores = masking.init_scores(pre.params, "constant", 0.0) if method == "topk" else {}
     if scores:  # no ties: distinct scores, as after a few updates
         scores = jax.tree_util.tree_map(
@@ -57,7 +58,8 @@ def jax_step(variant: str, seq: int, batch: int, dtype: str):
     state = init_state(pre.params, scores, optimizer, seed=0)
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     state = sharding.place(state, sharding.tree_shardings(state, mesh))
-    step = jit_train_step(make_train_step(module, "classification", pruning, optimizer), mesh,
+    step = jit_train_step(make_train_step(module, "classification", pruning, optimizer,
+                                          total_steps=1000), mesh,
                           state, batch)
     rng = np.random.default_rng(0)
     host = {"input_ids": rng.integers(1000, 20000, (1, batch, seq)).astype(np.int32),

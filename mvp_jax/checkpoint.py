@@ -1,5 +1,7 @@
 """Orbax checkpoints of the TrainState: save every N steps and at the end, keep the last K,
-restore the latest. The step lives inside the state, never in a folder name.
+restore the latest (whole, into a template: resume), or only some of its fields, without a
+template (``restore_fields``: params and scores for analysis and export, no optimizer). The step
+lives inside the state, never in a folder name.
 
 Sharded and multi-host: every process calls ``save``/``restore`` (orbax writes each array's
 shards from the processes that hold them, process 0 the metadata); ``restore`` reads into the
@@ -17,10 +19,12 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Self
 
 import flax
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from mvp_jax.errors import MissingFileError
@@ -51,19 +55,24 @@ def incomplete_checkpoints(directory: str) -> list[int]:
 class CheckpointManager:
     """Thin wrapper over ``ocp.CheckpointManager`` saving ``flax`` state dicts."""
 
-    def __init__(self, directory: str, keep: int = 2):
+    def __init__(self, directory: str, keep: int = 2, *, read_only: bool = False):
+        """``read_only``: a reader (plots, export) beside a run that may be saving: it creates
+        nothing and leaves temporary folders alone."""
         self.directory = os.path.abspath(directory)
         for step in incomplete_checkpoints(self.directory):
             print(f"mvp-jax: warning: checkpoint {step} in {self.directory} was not finished "
                   "(the process stopped while saving it); it is skipped", file=sys.stderr)
         registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-        handler = _Handler()
-        registry.add(None, ocp.args.StandardSave, handler)
-        registry.add(None, ocp.args.StandardRestore, handler)
+        self._handler = _Handler()
+        registry.add(None, ocp.args.StandardSave, self._handler)
+        registry.add(None, ocp.args.StandardRestore, self._handler)
+        # the same files read as a plain PyTree: partial restore (``restore_fields``)
+        registry.add(None, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())
         self._mngr = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1), create=True,
-                                                 cleanup_tmp_directories=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max(int(keep), 1),
+                                                 create=not read_only,
+                                                 cleanup_tmp_directories=not read_only),
             handler_registry=registry,
         )
 
@@ -87,9 +96,10 @@ class CheckpointManager:
             raise MissingFileError(f"no checkpoint in {self.directory}")
         return step
 
-    def _restore(self, step: int, target):
+    def _checked(self, step: int, read: Callable[[], Any]) -> Any:
+        """``read()``, its failure reported as a ``CheckpointError`` naming the checkpoint."""
         try:
-            return self._mngr.restore(step, args=ocp.args.StandardRestore(target))
+            return read()
         except Exception as e:
             detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
             raise CheckpointError(
@@ -106,24 +116,46 @@ class CheckpointManager:
         saved = self._saved_fields(step)
         missing = {k: v for k, v in template_dict.items() if saved and k not in saved}
         target = {k: v for k, v in target.items() if k not in missing}
-        restored = self._restore(step, target)
+        restored = self._checked(
+            step, lambda: self._mngr.restore(step, args=ocp.args.StandardRestore(target)))
         return flax.serialization.from_state_dict(template, {**restored, **missing})
 
-    def restore_saved(self, step: int | None = None) -> dict:
-        """The state dict saved at ``step`` (default: the latest) as it is on disk, without a
-        template: reading params and scores needs no optimizer (arrays on the default device)."""
-        return self._restore(self._step(step), None)
+    def restore_fields(self, fields: Sequence[str], step: int | None = None) -> dict:
+        """The top-level ``fields`` of the state dict saved at ``step`` (default: the latest), as
+        numpy arrays, without a template; nothing else is read from disk (orbax partial
+        restore), so params and scores need no optimizer. Fields not saved are left out."""
+        step = self._step(step)
+
+        def read():
+            saved = self._saved_tree(step)
+            item = {k: saved[k] for k in fields if k in saved}
+            as_numpy = jax.tree_util.tree_map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+            return self._mngr.restore(step, args=ocp.args.PyTreeRestore(
+                item=item, restore_args=as_numpy, partial_restore=True))
+
+        return self._checked(step, read)
+
+    def _saved_tree(self, step: int) -> dict:
+        """The metadata tree (one entry per array) of the state dict saved at ``step``."""
+        from etils import epath
+
+        meta = self._handler.metadata(epath.Path(self.directory) / str(step) / "default")
+        return getattr(meta, "tree", meta)
 
     def _saved_fields(self, step: int):
         """Top-level fields saved at ``step`` (None when its metadata cannot be read)."""
-        from etils import epath
-
         try:
-            meta = _Handler().metadata(epath.Path(self.directory) / str(step) / "default")
+            tree = self._saved_tree(step)
         except Exception:  # no readable metadata: restore every field
             return None
-        tree = getattr(meta, "tree", meta)
         return set(tree) if isinstance(tree, dict) else None
 
     def close(self) -> None:
         self._mngr.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -12,7 +12,9 @@ A YAML file may start with ``base: other.yaml`` (or a list of files), resolved r
 file; bases are merged in order, key by key, and the file's own keys win. Numbers such as
 ``3e-5`` are read as floats (YAML 1.2), not as the strings plain YAML 1.1 makes of them.
 
-This module imports no JAX, so the command line can validate a config before any device work.
+This module imports no JAX (nor the data pipeline), so the command line can validate a config
+before any device work: method-dependent checks read the method's properties from
+:mod:`mvp_jax.methods`, built-in task names come from :mod:`mvp_jax.task_names`.
 """
 
 from __future__ import annotations
@@ -30,23 +32,27 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from mvp_jax import methods, task_names
 from mvp_jax.errors import UserError
 
 __all__ = [
     "ConfigError", "Config", "ModelConfig", "TaskConfig", "PruneConfig", "TrainConfig",
     "DataConfig", "DistillConfig", "MeshConfig", "SECTIONS", "METHODS", "MASK_INITS",
-    "REGULARIZATIONS", "DTYPES", "load_config", "config_from_dict", "config_to_dict",
-    "apply_overrides", "dump_config", "save_config",
+    "REGULARIZATIONS", "GRANULARITIES", "DTYPES", "load_config", "config_from_dict",
+    "config_to_dict", "apply_overrides", "dump_config", "save_config",
 ]
 
-# Kept equal to masking.METHODS / masking.SCORE_INITS / regularizers.REGULARIZATIONS (tested);
-# repeated here so that reading a config does not import JAX.
-METHODS = ("none", "magnitude", "topk", "sigmoied_threshold", "l0", "random")
-MASK_INITS = ("constant", "uniform", "kaiming", "magnitude")
-REGULARIZATIONS = ("l1", "l0")
+METHODS = methods.NAMES  # = masking.METHODS
+# The penalties the methods need, in registry order (= regularizers.REGULARIZATIONS, tested).
+REGULARIZATIONS = tuple(dict.fromkeys(
+    m.regularization for m in methods.REGISTRY.values() if m.regularization))
+GRANULARITIES = methods.GRANULARITIES  # what one mask entry removes
+TASK_KINDS = task_names.KINDS  # = data.custom.KINDS (tested)
+# Repeated from modules that import JAX, so that reading a config does not (tested equal).
+MASK_INITS = ("constant", "uniform", "kaiming", "magnitude")  # = masking.SCORE_INITS
+RNG_IMPLS = ("threefry", "rbg", "unsafe_rbg")  # = train.RNG_IMPLS
+OPTIMIZERS = ("reference_adamw", "adamw")  # = optim.OPTIMIZERS
 DTYPES = ("float32", "bfloat16")
-RNG_IMPLS = ("threefry", "rbg", "unsafe_rbg")  # = train.RNG_IMPLS (tested)
-OPTIMIZERS = ("reference_adamw", "adamw")  # = optim.OPTIMIZERS (tested)
 
 
 class ConfigError(UserError):
@@ -88,49 +94,48 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               (str, ...): "a list of strings", (int, ...): "a list of integers"}
+
+
+def _is(value: Any, tp: type) -> bool:
+    """``isinstance`` for config values: a bool is no number, an int is also a float."""
+    if tp in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if tp is float else tp)
+
+
 def _coerce(path: str, value: Any, tp: Any) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints become floats for float fields."""
+    """Check ``value`` against the annotation ``tp`` (a scalar, ``tuple[X, ...]``, or either
+    ``| None``); ints become floats for float fields, lists tuples for tuple fields."""
     args = typing.get_args(tp)
-    if type(None) in args:  # Optional[X]
+    if type(None) in args:  # X | None
         if value is None:
             return None
         (tp,) = [a for a in args if a is not type(None)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path} must be true or false, got {_describe(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path} must be an integer, got {_describe(value)}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path} must be a number, got {_describe(value)}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{path} must be finite, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path} must be a string, got {_describe(value)}")
-        return value
-    if typing.get_origin(tp) is tuple:  # tuple[str, ...] or tuple[int, ...]
-        item_tp = typing.get_args(tp)[0]
-        kind = {str: "strings", int: "integers"}[item_tp]
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path} must be a list of {kind}, got {_describe(value)}")
-        for item in value:
-            if not isinstance(item, item_tp) or isinstance(item, bool):
-                raise ConfigError(f"{path} must be a list of {kind}, got item {_describe(item)}")
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        bad = [x for x in value if not _is(x, args[0])] if isinstance(value, (list, tuple)) else []
+        if bad or not isinstance(value, (list, tuple)):
+            got = f"item {_describe(bad[0])}" if bad else _describe(value)
+            raise ConfigError(f"{path} must be {_TYPE_WORDS[args]}, got {got}")
         return tuple(value)
-    raise TypeError(f"unsupported config annotation {tp!r} for {path}")  # programming error
+    if not _is(value, tp):
+        raise ConfigError(f"{path} must be {_TYPE_WORDS[tp]}, got {_describe(value)}")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"{path} must be finite, got {value!r}")
+    return float(value) if tp is float else value
 
 
-def _choice(path: str, value: str, choices: Sequence[str], nullable: bool = False) -> None:
+def _choice(path: str, value: str, choices: Sequence[str], nullable: bool = False,
+            aliases: Mapping[str, str] | None = None) -> None:
+    """``value`` is one of ``choices``, else a ConfigError with the closest (or the alias's)."""
     if value in choices:
         return
     lowered = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(str(value).lower(), list(lowered), n=1, cutoff=0.5)
-    hint = f"; did you mean '{lowered[close[0]]}'?" if close else ""
+    guess = (aliases or {}).get(value) or (lowered[close[0]] if close else None)
+    hint = f"; did you mean '{guess}'?" if guess else ""
     listed = ", ".join(choices) + (", or null" if nullable else "")
     raise ConfigError(f"unknown {path} {value!r}{hint} (choices: {listed})")
 
@@ -178,30 +183,9 @@ class ModelConfig(_Section):
                  f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
-def _canonical_task(name: str) -> str:
-    """The task registry's name for ``name`` ("SST-2" -> "sst2"), if the registry is there."""
-    try:
-        from mvp_jax.data.tasks import DataError, get_task
-    except ImportError:  # registry not importable: the data pipeline will check the name
-        return name
-    try:
-        return get_task(name).name
-    except DataError as e:
-        raise ConfigError(f"task.name: {e}") from None
-
-
-TASK_KINDS = ("classification", "regression", "qa")  # = data.custom.KINDS (tested)
 _OWN_SOURCES = ("train_file", "validation_file", "test_file", "hub_path")
 _OWN_ONLY = ("kind", "hub_config", "text_columns", "label_column", "labels")
 _HUB_SPLITS = {"train_split": "train", "validation_split": "validation", "test_split": None}
-
-
-def _registry_names() -> tuple[str, ...]:
-    try:
-        from mvp_jax.data.tasks import _ALIASES, TASKS
-    except ImportError:
-        return ()
-    return (*TASKS, *_ALIASES)
 
 
 @dataclass(frozen=True)
@@ -258,7 +242,8 @@ class TaskConfig(_Section):
         if self.own_data:
             self._check_own_data()
         else:
-            object.__setattr__(self, "name", _canonical_task(self.name))
+            object.__setattr__(self, "name", task_names.canonical_task(
+                self.name, lambda message: ConfigError(f"task.name: {message}")))
             for key in _OWN_ONLY:
                 _require(getattr(self, key) is None,
                          f"task.{key} applies to your own data: set task.train_file, "
@@ -278,7 +263,7 @@ class TaskConfig(_Section):
 
     def _check_own_data(self) -> None:
         lowered = self.name.strip().lower()
-        _require(lowered not in _registry_names(),
+        _require(lowered not in (*task_names.NAMES, *task_names.ALIASES),
                  f"task.name {self.name!r} is a built-in task; give your own data a name of its "
                  f"own (e.g. task.name=reviews), or drop the file/dataset keys")
         _require(self.data_dir is None,
@@ -320,21 +305,34 @@ class TaskConfig(_Section):
                      f"task.labels has duplicates: {list(self.labels)}")
 
 
+# How messages name a penalty (prune.regularization) and what it measures.
+_PENALTY_NAMES = {"l1": "l1 (soft movement)", "l0": "l0"}
+_PENALTY_MEASURES = {"l1": "L1-of-sigmoid", "l0": "expected-L0"}
+
+
+def _and(names: Sequence[str]) -> str:
+    return ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+
+
 @dataclass(frozen=True)
 class PruneConfig(_Section):
     """Pruning method, its threshold schedule and its regularization (paper Sections 3-4).
 
-    ``initial_threshold`` / ``final_threshold`` are the fraction of weights kept (topk, magnitude)
-    or the sigmoid threshold tau (sigmoied_threshold); for l0 they only scale lambda, which
-    follows ``final_lambda * threshold / final_threshold`` as in the reference code.
+    ``initial_threshold`` / ``final_threshold`` mean what the method's ``threshold`` says
+    (:mod:`mvp_jax.methods`): the fraction of weights kept (topk, magnitude, random), the
+    sigmoid threshold tau (sigmoied_threshold), or for l0 only a scale of lambda, which follows
+    ``final_lambda * threshold / final_threshold`` as in the reference code.
     """
 
     SECTION: typing.ClassVar[str] = "prune"
 
     # none | magnitude | topk (movement) | sigmoied_threshold (soft) | l0 | random (control:
-    # Top-v of fixed random scores)
+    # Top-v of fixed random scores); see mvp_jax.methods
     method: str = "topk"
-    global_topk: bool = False  # one Top-v over all prunable matrices (topk, magnitude)
+    # what one mask entry removes: weight | head (attention head) | neuron (FFN unit) | hybrid
+    # (heads in attention, neurons in the FFN); the method must support it
+    granularity: str = "weight"
+    global_topk: bool = False  # one Top-v over all prunable matrices (topk, magnitude, random)
     initial_threshold: float = 1.0
     final_threshold: float = 0.15
     initial_warmup: float = 1.0  # threshold held at initial for initial_warmup * train.warmup_steps
@@ -347,49 +345,60 @@ class PruneConfig(_Section):
     global_topk_frequency: int = 1  # recompute the global threshold every N steps
 
     def _check(self) -> None:
-        m = self.method
-        _choice("prune.method", m, METHODS)
+        m, reg = self.method, self.regularization
+        _choice("prune.method", m, tuple(methods.REGISTRY), aliases=methods.PLAIN_NAMES)
+        spec = methods.get(m)
+        _choice("prune.granularity", self.granularity, GRANULARITIES)
+        _require(self.granularity in spec.granularities,
+                 f"prune.granularity {self.granularity} does not apply to method {m} "
+                 f"(it supports: {', '.join(spec.granularities)})")
         _choice("prune.mask_init", self.mask_init, MASK_INITS)
-        if self.regularization is not None:
-            _choice("prune.regularization", self.regularization, REGULARIZATIONS, nullable=True)
+        _require(self.granularity == "weight" or self.mask_init != "kaiming",
+                 f"prune.mask_init kaiming applies to weight scores; unit scores (prune."
+                 f"granularity {self.granularity}) take constant, uniform or magnitude")
+        _require(self.granularity == "weight" or self.patterns is None,
+                 f"prune.patterns applies to prune.granularity weight; {self.granularity} "
+                 f"prunes the encoder's attention heads and FFN neurons")
+        if reg is not None:
+            _choice("prune.regularization", reg, REGULARIZATIONS, nullable=True)
         for name in ("initial_warmup", "final_warmup", "final_lambda"):
             value = getattr(self, name)
             _require(value >= 0, f"prune.{name} must be >= 0, got {value}")
         _require(self.global_topk_frequency >= 1,
                  f"prune.global_topk_frequency must be >= 1, got {self.global_topk_frequency}")
         for name in ("initial_threshold", "final_threshold"):
-            t = getattr(self, name)
-            if m in ("topk", "magnitude", "random"):
+            t, final = getattr(self, name), name == "final_threshold"
+            if spec.threshold == "fraction":
                 _require(0.0 < t <= 1.0,
                          f"prune.{name} is the fraction of weights kept by {m} and must be in "
                          f"(0, 1], got {t}")
-            elif m == "sigmoied_threshold":
-                lo_ok = t > 0.0 if name == "final_threshold" else t >= 0.0
-                interval = "(0, 1)" if name == "final_threshold" else "[0, 1)"
-                _require(lo_ok and t < 1.0,
-                         f"prune.{name} is the sigmoid threshold of sigmoied_threshold and must "
-                         f"be in {interval}, got {t}")
-            elif m == "l0":
-                ok = t > 0.0 if name == "final_threshold" else t >= 0.0
-                _require(ok, f"prune.{name} scales lambda for l0 (lambda = final_lambda * "
-                             f"threshold / final_threshold) and must be "
-                             f"{'> 0' if name == 'final_threshold' else '>= 0'}, got {t}")
+            elif spec.threshold == "sigmoid":
+                _require((t > 0.0 if final else t >= 0.0) and t < 1.0,
+                         f"prune.{name} is the sigmoid threshold of {m} and must be in "
+                         f"{'(0, 1)' if final else '[0, 1)'}, got {t}")
+            elif spec.threshold == "lambda_scale":
+                _require(t > 0.0 if final else t >= 0.0,
+                         f"prune.{name} scales lambda for {m} (lambda = final_lambda * "
+                         f"threshold / final_threshold) and must be {'> 0' if final else '>= 0'}"
+                         f", got {t}")
         if self.global_topk:
-            _require(m in ("topk", "magnitude", "random"),
-                     f"prune.global_topk applies to methods topk, magnitude and random, not {m!r}")
+            takers = [n for n, x in methods.REGISTRY.items() if x.global_selection]
+            takers.sort(key=lambda n: not methods.get(n).learns_scores)  # learned first
+            _require(spec.global_selection,
+                     f"prune.global_topk applies to methods {_and(takers)}, not {m!r}")
         # The reference code accepts any combination and silently computes a meaningless or
         # missing penalty; these are the combinations of its README (Sanh et al. 2020).
-        reg = self.regularization
-        if reg == "l1":
-            _require(m == "sigmoied_threshold",
-                     f"prune.regularization l1 (soft movement) requires prune.method "
-                     f"sigmoied_threshold, got {m!r}")
-        if reg == "l0":
-            _require(m == "l0", f"prune.regularization l0 requires prune.method l0, got {m!r}")
-        if m == "l0":
-            _require(reg == "l0", f"prune.method l0 requires prune.regularization l0, got "
-                                  f"{'null' if reg is None else repr(reg)} (its sparsity comes "
-                                  f"from the expected-L0 penalty; use final_lambda 0 to disable)")
+        if reg is not None:
+            needs = [n for n, x in methods.REGISTRY.items() if x.regularization == reg]
+            _require(spec.regularization == reg,
+                     f"prune.regularization {_PENALTY_NAMES.get(reg, reg)} requires "
+                     f"prune.method {' or '.join(needs)}, got {m!r}")
+        if spec.threshold == "lambda_scale":  # the penalty alone makes the sparsity
+            _require(reg == spec.regularization,
+                     f"prune.method {m} requires prune.regularization {spec.regularization}, "
+                     f"got {'null' if reg is None else repr(reg)} (its sparsity comes from the "
+                     f"{_PENALTY_MEASURES.get(spec.regularization, '')} penalty; use "
+                     f"final_lambda 0 to disable)")
         if reg is None:
             _require(self.final_lambda == 0.0,
                      f"prune.final_lambda={self.final_lambda} has no effect without "
@@ -553,7 +562,8 @@ class Config:
                                   f"got {type(value).__name__}")
         # Cross-section: the cubic schedule needs a non-empty window between the warm-ups.
         p, t = self.prune, self.train
-        if p.method in ("topk", "magnitude", "random", "sigmoied_threshold") and t.max_steps is not None:
+        scheduled = methods.get(p.method).threshold in ("fraction", "sigmoid")
+        if scheduled and t.max_steps is not None:
             held = (p.initial_warmup + p.final_warmup) * t.warmup_steps
             _require(held < t.max_steps,
                      f"(prune.initial_warmup + prune.final_warmup) * train.warmup_steps = {held:g} "
@@ -599,18 +609,11 @@ def _check_tree(tree: Mapping[str, Any], where: str | None) -> dict[str, dict[st
     suffix = f" (in {where})" if where else ""
     out: dict[str, dict[str, Any]] = {}
     for section, body in tree.items():
-        if section not in SECTIONS:
-            hint = ""
-            if isinstance(section, str):
-                close = difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=0.6)
-                if close:
-                    hint = f"; did you mean '{close[0]}'?"
-                else:
-                    owner = [s for s, keys in _KEYS.items() if section in keys]
-                    if owner:
-                        hint = f"; did you mean '{owner[0]}.{section}'?"
-            if not hint:
-                hint = f" (sections: {', '.join(SECTIONS)})"
+        if section not in SECTIONS:  # a misspelt section, or a key without its section
+            guess = difflib.get_close_matches(str(section), list(SECTIONS), n=1, cutoff=0.6) \
+                or [f"{s}.{section}" for s, keys in _KEYS.items() if section in keys]
+            hint = f"; did you mean '{guess[0]}'?" if guess else \
+                f" (sections: {', '.join(SECTIONS)})"
             raise ConfigError(f"unknown config section {str(section)!r}{hint}{suffix}")
         if body is None:
             body = {}
@@ -659,10 +662,6 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _field_type(section: str, key: str) -> Any:
-    return typing.get_type_hints(SECTIONS[section])[key]
-
-
 def _parse_override(text: str) -> dict[str, dict[str, Any]]:
     """``"train.batch_size=32"`` -> ``{"train": {"batch_size": 32}}`` (value read as YAML)."""
     if not isinstance(text, str) or "=" not in text:
@@ -682,7 +681,7 @@ def _parse_override(text: str) -> dict[str, dict[str, Any]]:
     tree = _check_tree({section: {key: None}}, f"--set {text}")  # names first, then the value
     value = _yaml_load(raw, f"--set {text}")
     # A string key given a bare scalar YAML reads as another type (model.name=123): keep the text.
-    tp = _field_type(section, key)
+    tp = typing.get_type_hints(SECTIONS[section])[key]
     if str in (tp, *typing.get_args(tp)) and isinstance(value, (bool, int, float)):
         value = raw.strip()
     tree[section][key] = value

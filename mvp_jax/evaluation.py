@@ -1,13 +1,18 @@
-"""Evaluate a model directory on a task, and export a run's latest checkpoint."""
+"""Evaluation: the eval step (masks once per evaluation), predictions over a split, metrics, and
+the evaluation of a model directory on a task."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import jax
+import numpy as np
 
 from mvp_jax import masking
-from mvp_jax.errors import MissingFileError
+from mvp_jax import sharding as shd
+from mvp_jax.train import model_heads, model_inputs
 
 
 def head_for(spec) -> str:
@@ -72,7 +77,6 @@ def evaluate_model_dir(model_dir: str, task, *, data_dir=None, max_eval_samples=
     from mvp_jax import data
     from mvp_jax.config import TaskConfig
     from mvp_jax.models import load_pretrained, load_tokenizer
-    from mvp_jax.train import Pruning, evaluate_splits, make_eval_step
 
     if isinstance(task, TaskConfig):
         if task.own_data:
@@ -86,66 +90,143 @@ def evaluate_model_dir(model_dir: str, task, *, data_dir=None, max_eval_samples=
     task_data = data.load_task(spec, load_tokenizer(pre.path), data_dir=data_dir,
                                max_seq_length=max_seq_length, max_eval_samples=max_eval_samples,
                                with_train=False)
-    eval_step = make_eval_step(pre.module, Pruning(method="none")).jit()
+    eval_step = make_eval_step(pre.module).jit()
     return evaluate_splits(eval_step, pre.params, {}, task_data, batch_size)
 
 
-def restore_run(run_dir: str):
-    """``(cfg, pretrained, pruning, state)`` of a run's latest checkpoint, without loading its
-    data or building its optimizer: ``state`` is a ``TrainState`` with the saved step, params,
-    scores, rng and Top-v value, and no ``opt_state``."""
-    from mvp_jax import data
-    from mvp_jax.checkpoint import CheckpointManager
-    from mvp_jax.config import load_config
-    from mvp_jax.models import load_pretrained
-    from mvp_jax.runner import pruning_of
-    from mvp_jax.train import TrainState
-
-    cfg_path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(cfg_path):
-        raise MissingFileError(f"{run_dir!r} is not a run directory (no config.yaml)")
-    cfg = load_config(cfg_path)
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    spec = data.task_from_config(cfg.task)
-    pre = load_pretrained(cfg.model.name, head=head_for(spec), num_labels=spec.num_labels)
-    if not os.path.isdir(ckpt_dir):
-        raise MissingFileError(f"{run_dir!r} has no checkpoint in {ckpt_dir}")
-    mngr = CheckpointManager(ckpt_dir, keep=cfg.train.keep_checkpoints)
-    try:
-        if mngr.latest_step() is None:
-            raise MissingFileError(f"{run_dir!r} has no checkpoint in {ckpt_dir}")
-        saved = mngr.restore_saved()
-    finally:
-        mngr.close()
-    state = TrainState(step=saved["step"], params=saved["params"], scores=saved.get("scores") or {},
-                       opt_state=None, rng=saved.get("rng"), topk_value=saved.get("topk_value", 0.0),
-                       rng_impl=cfg.train.rng_impl)
-    return cfg, pre, pruning_of(cfg, total_steps=1), state
+# ----------------------------------------------------------------------------------------------
+# The eval step: masks once per evaluation, then the plain model per batch
+# ----------------------------------------------------------------------------------------------
 
 
-def export_run(run_dir: str, output_dir: str, *, compressed: str | None = None,
-               overwrite: bool = False) -> dict:
-    """Final masks of the latest checkpoint applied, written as a Hugging Face directory."""
-    from mvp_jax import data
-    from mvp_jax.export import (
-        _check_replaceable_file,
-        compression_report,
-        count_remaining,
-        export_hf,
-        save_compressed,
-    )
+@dataclass(frozen=True)
+class EvalStep:
+    """Evaluation in two parts, so the masks are computed once per evaluation, not per batch:
 
-    if compressed:  # before the work: refused now rather than after the export
-        _check_replaceable_file(os.path.abspath(compressed), overwrite)
-    cfg, pre, pruning, state = restore_run(run_dir)
-    spec = data.task_from_config(cfg.task)
-    masked = jax.device_get(masking.multiply_masks(state.params, pruning.final_masks(state.params, state.scores)))
-    export_hf(output_dir, masked, pre.config, head_for(spec), tokenizer_path=pre.path,
-              num_labels=spec.num_labels, overwrite=overwrite,
-              label_names=spec.label_names or None)
-    counts = count_remaining(masked, pruning.patterns)
-    report = {"export": output_dir, "step": int(state.step), "remaining_weights": counts["fraction"]}
-    if compressed:
-        save_compressed(compressed, masked, pre.config, head_for(spec), overwrite=overwrite)
-        report["compressed"] = compression_report(compressed)
-    return report
+    ``mask(params, scores) -> masked``: ``W * M`` with the deterministic masks at the final
+    threshold (a full Top-v selection); ``apply(masked, batch) -> outputs``: the model without
+    dropout. Calling it, ``eval_step(params, scores, batch)``, does both (one batch)."""
+
+    mask: Callable
+    apply: Callable
+
+    def __call__(self, params, scores, batch):
+        return self.apply(self.mask(params, scores), batch)
+
+    def jit(self, **kwargs) -> "EvalStep":
+        """Both parts under ``jax.jit(..., **kwargs)`` (one device; a mesh: ``jit_eval_step``)."""
+        return EvalStep(jax.jit(self.mask, **kwargs), jax.jit(self.apply, **kwargs))
+
+
+def make_eval_step(module, prune=None) -> EvalStep:
+    """The ``EvalStep`` of ``module`` pruned as the ``prune`` config section says (its final
+    masks, ``masking.final_masks``; None: no pruning), without dropout."""
+
+    def mask(params, scores):
+        if prune is None:
+            return params
+        masks = masking.final_masks(prune, params, scores, model_heads(module))
+        return masking.multiply_masks(params, masks)
+
+    def apply(masked, batch):
+        return module.apply({"params": masked}, *model_inputs(batch), deterministic=True)
+
+    return EvalStep(mask, apply)
+
+
+def jit_eval_step(eval_step: EvalStep, mesh, params, scores, batch_size: int,
+                  compiler_options: dict | None = None) -> EvalStep:
+    """``eval_step``'s parts compiled for ``mesh``: ``mask`` keeps the params' layout (the
+    masked params stay sharded as the params), ``apply`` takes batches ``[B, ...]`` split on
+    ``"data"`` (any sequence length: one compilation per length) and replicates its outputs
+    (readable on every process)."""
+    params_sh = shd.tree_shardings(params, mesh)
+    mask = jax.jit(eval_step.mask, in_shardings=(params_sh, shd.tree_shardings(scores, mesh)),
+                   out_shardings=params_sh, compiler_options=compiler_options)
+    apply = jax.jit(eval_step.apply,
+                    in_shardings=(params_sh, shd.batch_sharding(mesh, batch_size, micro=False)),
+                    out_shardings=shd.replicated(mesh), compiler_options=compiler_options)
+    return EvalStep(mask, apply)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation over a whole split
+# ----------------------------------------------------------------------------------------------
+
+
+def predict(eval_step, params, scores, features: dict[str, np.ndarray], batch_size: int,
+            put: Callable | None = None, bucket_lengths: Sequence[int] | None = None,
+            masked=None):
+    """Model outputs for every row of ``features``, in their order (batch padding dropped).
+
+    ``eval_step``: an ``EvalStep`` (its masks applied once, here, unless ``masked`` -- the
+    output of ``eval_step.mask`` -- is given) or any ``f(params, scores, batch)``.
+    ``put`` places each host batch on the devices (default: passed as is).
+    ``bucket_lengths``: rows sorted by length, each batch cut to its bucket
+    (``mvp_jax.data.batching``); sequence-level outputs only (classification, regression).
+    """
+    from mvp_jax.data import batching
+
+    inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    n = len(inputs["input_ids"])
+    lengths = buckets = None
+    if bucket_lengths is not None:
+        buckets = batching.resolve_buckets(bucket_lengths, inputs["attention_mask"].shape[1])
+        lengths = batching.sequence_lengths(inputs["attention_mask"])
+    plan = batching.batch_plan(n, batch_size, shuffle=False, lengths=lengths)
+    if isinstance(eval_step, EvalStep):
+        if masked is None:
+            masked = eval_step.mask(params, scores)
+        run = eval_step.apply
+    else:
+        def run(_, batch):
+            return eval_step(params, scores, batch)
+    chunks, rows = [], []
+    for idx in plan:
+        batch = batching.take_batch(inputs, idx, batch_size, fill=int(idx[0]), lengths=lengths,
+                                    buckets=buckets)
+        batch.pop("example_weight")
+        if put is not None:
+            batch = put(batch)
+        out = jax.device_get(run(masked, batch))
+        if buckets is not None and isinstance(out, tuple):
+            raise ValueError("length buckets apply to sequence-level outputs (classification, "
+                             "regression), not to per-token outputs such as a QA head's")
+        chunks.append(out)
+        rows.append(idx)
+    if not chunks:
+        raise ValueError("predict: no rows")
+    real = np.concatenate(rows)
+    order = np.empty(n, np.int64)
+    order[real] = np.arange(n)  # output position of each row
+    first = [0]
+    for idx in rows:
+        first.append(first[-1] + batch_size)
+
+    def gather(parts):
+        stacked = np.concatenate(parts)
+        keep = np.concatenate([np.arange(s, s + len(idx)) for s, idx in zip(first, rows)])
+        return stacked[keep][order]
+
+    if isinstance(chunks[0], tuple):
+        return tuple(gather([c[i] for c in chunks]) for i in range(len(chunks[0])))
+    return gather(chunks)
+
+
+def evaluate_splits(eval_step, params, scores, task_data, batch_size: int,
+                    put: Callable | None = None,
+                    bucket_lengths: Sequence[int] | None = None) -> dict[str, dict]:
+    """``{split: metrics}`` for every evaluation split of the task (masks computed once)."""
+    from mvp_jax.data import evaluate
+
+    masked = None
+    if isinstance(eval_step, EvalStep):
+        # the masks' program ends before the first batch's starts: two sharded programs with
+        # collectives in flight at once can starve XLA's CPU rendezvous (one wait per evaluation)
+        masked = jax.block_until_ready(eval_step.mask(params, scores))
+    return {
+        name: evaluate(task_data.spec, eval_set,
+                       predict(eval_step, params, scores, eval_set.features, batch_size, put,
+                               bucket_lengths, masked=masked))
+        for name, eval_set in task_data.evals.items()
+    }

@@ -30,26 +30,18 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
+from mvp_jax import methods, structured, tree
 from mvp_jax.errors import UserError
+from mvp_jax.models.layout import PRUNABLE as DEFAULT_PRUNABLE
 
 PyTree = Any
 
-METHODS = ("none", "magnitude", "topk", "sigmoied_threshold", "l0", "random")
+METHODS = methods.NAMES
 SCORE_INITS = ("constant", "uniform", "kaiming", "magnitude")
 
 # Hard-concrete stretch interval (l, r) and temperature beta (Louizos et al. 2017; the paper).
 L0_LEFT, L0_RIGHT, L0_BETA = -0.1, 1.1, 2.0 / 3.0
-
-# Every Dense kernel of the encoder's self-attention (Q, K, V, output) and FFN (in, out) layers,
-# in the Hugging Face Flax BERT naming. Embeddings, pooler, heads, biases, LayerNorm never match.
-DEFAULT_PRUNABLE = (
-    r"encoder/layer/\d+/attention/self/(query|key|value)/kernel$",
-    r"encoder/layer/\d+/attention/output/dense/kernel$",
-    r"encoder/layer/\d+/intermediate/dense/kernel$",
-    r"encoder/layer/\d+/output/dense/kernel$",
-)
 
 _SIGN = np.uint32(0x80000000)
 
@@ -317,29 +309,15 @@ def hard_concrete_mask(scores: jax.Array, rng: jax.Array | None, train: bool) ->
 
 
 # ----------------------------------------------------------------------------------------------
-# Pytree plumbing: which kernels are prunable, scores, masks, W * M
+# Pytree plumbing: which kernels are prunable, scores, masks, W * M (any pytree: key paths)
 # ----------------------------------------------------------------------------------------------
 
 
-def _flat(tree: PyTree) -> dict[str, Any]:
-    return traverse_util.flatten_dict(_unfreeze(tree), sep="/")
-
-
-def _unflat(flat: dict[str, Any]) -> PyTree:
-    return traverse_util.unflatten_dict(flat, sep="/")
-
-
-def _unfreeze(tree: PyTree) -> PyTree:
-    return tree.unfreeze() if hasattr(tree, "unfreeze") else tree
-
-
 def prunable_paths(params: PyTree, patterns: Iterable[str] = DEFAULT_PRUNABLE) -> list[str]:
-    """'/'-joined paths of the parameters matched by any regex of ``patterns`` (``re.search``).
-
-    Raises ``ValueError`` for a pattern that matches no parameter.
-    """
+    """'/'-joined key paths (``mvp_jax.tree``) of the parameters matched by any regex of
+    ``patterns`` (``re.search``), in leaf order. Raises for a pattern that matches nothing."""
     patterns = tuple(patterns)
-    paths = list(_flat(params))
+    paths = list(tree.flatten(params))
     compiled = [re.compile(p) for p in patterns]
     for pattern, regex in zip(patterns, compiled):
         if not any(regex.search(path) for path in paths):
@@ -350,14 +328,24 @@ def prunable_paths(params: PyTree, patterns: Iterable[str] = DEFAULT_PRUNABLE) -
     return [path for path in paths if any(regex.search(path) for regex in compiled)]
 
 
+def prunable_weights(params: PyTree, patterns: Iterable[str] = DEFAULT_PRUNABLE) -> dict:
+    """``{path: W}`` of the prunable kernels."""
+    flat = tree.flatten(params)
+    return {p: flat[p] for p in prunable_paths(params, patterns)}
+
+
 def init_scores(
     params: PyTree,
     init: str = "constant",
     scale: float = 0.0,
     rng: jax.Array | None = None,
     patterns: Iterable[str] = DEFAULT_PRUNABLE,
+    *,
+    granularity: str = "weight",
+    num_heads: int | None = None,
 ) -> PyTree:
-    """Scores pytree mirroring the prunable kernels (nested dict, same paths, same shapes).
+    """Scores mirroring the prunable kernels (nested dict of the same paths and shapes), or, for
+    a structured ``granularity``, one score per head / neuron (``mvp_jax.structured``).
 
     ``constant``: all ``scale``; ``uniform``: U(-scale, scale); ``kaiming``: torch's
     ``kaiming_uniform_(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with the Flax kernel
@@ -367,79 +355,113 @@ def init_scores(
     """
     if init not in SCORE_INITS:
         raise UserError(f"unknown score init {init!r}; choose one of {', '.join(SCORE_INITS)}")
-    flat = _flat(params)
-    paths = prunable_paths(params, patterns)
     if init in ("uniform", "kaiming") and rng is None:
         raise UserError(f"score init {init!r} needs a PRNG key")
+    if granularity != "weight":
+        return tree.unflatten(structured.init_unit_scores(
+            params, granularity, _heads(granularity, num_heads), init, scale, rng))
     scores = {}
-    for i, path in enumerate(paths):
-        w = flat[path]
+    for i, (path, w) in enumerate(prunable_weights(params, patterns).items()):
         if init == "constant":
             scores[path] = jnp.full(w.shape, scale, jnp.float32)
-            continue
-        if init == "magnitude":
+        elif init == "magnitude":
             w = jnp.abs(jnp.asarray(w, jnp.float32))
             scores[path] = scale * w / jnp.maximum(jnp.sqrt(jnp.mean(w * w)), 1e-12)
-            continue
-        key = jax.random.fold_in(rng, i)
-        bound = scale if init == "uniform" else 1.0 / math.sqrt(w.shape[0])
-        scores[path] = jax.random.uniform(key, w.shape, jnp.float32, -bound, bound)
-    return _unflat(scores)
+        else:
+            bound = scale if init == "uniform" else 1.0 / math.sqrt(w.shape[0])
+            scores[path] = jax.random.uniform(jax.random.fold_in(rng, i), w.shape, jnp.float32,
+                                              -bound, bound)
+    return tree.unflatten(scores)
 
 
-def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise UserError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+def _heads(granularity: str, num_heads: int | None) -> int:
+    if num_heads is None:
+        raise UserError(f"granularity {granularity!r} needs the model's num_attention_heads")
+    return int(num_heads)
 
 
-def compute_masks(
+def selection_inputs(params: PyTree, patterns: Iterable[str] = DEFAULT_PRUNABLE,
+                     granularity: str = "weight", num_heads: int | None = None) -> dict:
+    """What a method selects from, per selection path: the prunable kernels ``{path: W}``
+    (``weight``), or one RMS magnitude per head / neuron ``{unit path: rms}`` (structured)."""
+    if granularity == "weight":
+        return prunable_weights(params, patterns)
+    return structured.unit_magnitudes(params, granularity, _heads(granularity, num_heads))
+
+
+def to_weight_masks(selection_masks: dict, params: PyTree, granularity: str = "weight") -> dict:
+    """Masks of the kernels from masks of the selection paths: the same (``weight``), or each
+    unit mask broadcast to its weights (``structured.expand``; differentiable, so a unit score's
+    straight-through gradient is Eq. (2) summed over the unit's weights)."""
+    if granularity == "weight":
+        return selection_masks
+    expanded = structured.expand(selection_masks, params)
+    # the encoder matrices the granularity leaves whole (the FFN under head) count as remaining
+    kept = {p: jnp.ones(w.shape, jnp.float32) for p, w in prunable_weights(params).items()
+            if p not in expanded}
+    return {**kept, **expanded}
+
+
+def selection_masks(
     params: PyTree,
     scores: PyTree | None,
     *,
-    method: str,
+    method: str | methods.Method,
     threshold=1.0,
     rng: jax.Array | None = None,
     train: bool = True,
     global_topk: bool = False,
     patterns: Iterable[str] = DEFAULT_PRUNABLE,
+    granularity: str = "weight",
+    num_heads: int | None = None,
 ) -> dict[str, jax.Array]:
-    """Masks of the prunable kernels, as a flat ``{path: mask}`` dict.
+    """``method``'s masks of the selection paths (``selection_inputs``), ``{path: mask}``."""
+    m = methods.get(method)
+    inputs = selection_inputs(params, patterns, granularity, num_heads)
+    flat_scores = {}
+    if m.learns_scores:
+        if scores is None:
+            raise UserError(f"pruning method {m.name!r} needs scores (see init_scores)")
+        flat_scores = tree.flatten(scores)
+        missing = [p for p in inputs if p not in flat_scores]
+        if missing:
+            raise UserError(f"scores are missing for prunable parameters: {', '.join(missing)}")
+    return m.masks(inputs, flat_scores, threshold, rng=rng, train=train, global_topk=global_topk)
 
-    ``threshold`` is the kept fraction ``v`` for ``topk``, ``magnitude`` and ``random``, the sigmoid
-    threshold ``tau`` for ``sigmoied_threshold``, and unused by ``l0``. ``global_topk`` selects
-    one Top_v over all prunable matrices together (``topk``, ``magnitude``, ``random``).
-    """
-    check_method(method)
-    flat_params = _flat(params)
-    paths = prunable_paths(params, patterns)
-    if method == "none":
-        return {}
-    if method == "magnitude":
-        weights = {p: flat_params[p] for p in paths}
-        if global_topk:
-            return magnitude_mask(weights, threshold)
-        return {p: magnitude_mask(w, threshold) for p, w in weights.items()}
-    if method == "random":
-        fixed = {p: random_scores(flat_params[p], p) for p in paths}
-        if global_topk:
-            return jax.lax.stop_gradient(topk_mask(fixed, threshold))
-        return {p: jax.lax.stop_gradient(topk_mask(s, threshold)) for p, s in fixed.items()}
-    if scores is None:
-        raise UserError(f"pruning method {method!r} needs scores (see init_scores)")
-    flat_scores = _flat(scores)
-    missing = [p for p in paths if p not in flat_scores]
-    if missing:
-        raise UserError(f"scores are missing for prunable parameters: {', '.join(missing)}")
-    s = {p: flat_scores[p] for p in paths}
-    if method == "topk":
-        if global_topk:
-            return topk_mask(s, threshold)
-        return {p: topk_mask(v, threshold) for p, v in s.items()}
-    if method == "sigmoied_threshold":
-        return {p: threshold_mask(v, threshold, sigmoid=True) for p, v in s.items()}
-    # l0
-    keys = jax.random.split(rng, len(paths)) if train else [None] * len(paths)
-    return {p: hard_concrete_mask(v, key, train) for (p, v), key in zip(s.items(), keys)}
+
+def compute_masks(params: PyTree, scores: PyTree | None, **kwargs) -> dict[str, jax.Array]:
+    """Masks of the prunable kernels, a flat ``{path: mask}`` dict, of ``method`` (a
+    ``mvp_jax.methods`` name or object); ``threshold`` means what ``method.threshold`` says.
+    Keyword arguments: those of ``selection_masks``."""
+    masks = selection_masks(params, scores, **kwargs)
+    return to_weight_masks(masks, params, kwargs.get("granularity", "weight"))
+
+
+def patterns_of(prune) -> tuple[str, ...]:
+    """The prunable patterns of a ``prune`` config section (``null``: ``DEFAULT_PRUNABLE``)."""
+    return tuple(prune.patterns) if prune.patterns else DEFAULT_PRUNABLE
+
+
+def selection_of(prune, num_heads: int | None = None) -> dict:
+    """The selection keywords of a ``prune`` config section (for ``selection_masks`` /
+    ``compute_masks``); ``num_heads``: the model's, for head granularity."""
+    return dict(method=prune.method, global_topk=prune.global_topk, patterns=patterns_of(prune),
+                granularity=prune.granularity, num_heads=num_heads)
+
+
+def masks_of(prune, params: PyTree, scores: PyTree | None, threshold, *, rng=None,
+             train: bool = True, num_heads: int | None = None) -> dict[str, jax.Array]:
+    """``compute_masks`` with the method, selection and patterns of a ``prune`` config section."""
+    return compute_masks(params, scores, threshold=threshold, rng=rng, train=train,
+                         **selection_of(prune, num_heads))
+
+
+def final_masks(prune, params: PyTree, scores: PyTree | None,
+                num_heads: int | None = None) -> dict[str, jax.Array]:
+    """The deterministic masks of a ``prune`` config section at its final threshold (a Python
+    float: exact Top-v counts), as evaluation and export use them."""
+    return masks_of(prune, params, scores, float(prune.final_threshold), train=False,
+                    num_heads=num_heads)
 
 
 def apply_masks(params: PyTree, scores: PyTree | None = None, **mask_kwargs) -> PyTree:
@@ -451,11 +473,9 @@ def apply_masks(params: PyTree, scores: PyTree | None = None, **mask_kwargs) -> 
 
 
 def multiply_masks(params: PyTree, masks: dict[str, jax.Array]) -> PyTree:
-    """``params`` with ``W <- W * masks[path]`` for every path in the flat ``masks`` dict."""
-    flat = _flat(params)
-    for path, mask in masks.items():
-        flat[path] = flat[path] * mask.astype(flat[path].dtype)
-    return _unflat(flat)
+    """``params`` (any pytree) with ``W <- W * masks[path]`` for every path in ``masks``."""
+    return tree.map_with_path(
+        lambda path, w: w * masks[path].astype(w.dtype) if path in masks else w, params)
 
 
 def remaining_fraction(masks: dict[str, jax.Array]) -> jax.Array:
@@ -464,8 +484,3 @@ def remaining_fraction(masks: dict[str, jax.Array]) -> jax.Array:
         return jnp.float32(1.0)
     kept = sum(jnp.sum(m > 0, dtype=jnp.float32) for m in masks.values())
     return kept / sum(m.size for m in masks.values())
-
-
-def masks_to_tree(masks: dict[str, jax.Array]) -> PyTree:
-    """Nested-dict view of a flat ``{path: mask}`` dict (same layout as the scores)."""
-    return _unflat(dict(masks))

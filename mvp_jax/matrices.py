@@ -1,7 +1,7 @@
-"""Names of the prunable encoder matrices, and remaining-weight counts tallied per layer and type.
+"""Remaining-weight counts tallied per layer and matrix type (names from
+``mvp_jax.models.layout.MATRIX_TYPES``).
 
-Shared by :func:`mvp_jax.export.format_counts` (text table) and :mod:`mvp_jax.plots` (heatmap);
-plain Python, no JAX.
+Shared by :func:`mvp_jax.export.format_counts` (text table) and :mod:`mvp_jax.plots` (heatmap).
 """
 
 from __future__ import annotations
@@ -9,22 +9,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-# Encoder matrix types (Hugging Face BERT path -> short name), in table/heatmap column order.
-MATRIX_TYPES = {
-    "attention/self/query": "query",
-    "attention/self/key": "key",
-    "attention/self/value": "value",
-    "attention/output/dense": "attn_out",
-    "intermediate/dense": "ffn_in",
-    "output/dense": "ffn_out",
-}
-_LAYER = re.compile(r"layer/(\d+)/(.+)/kernel$")
+from mvp_jax.models.layout import LAYER_MATRIX, MATRIX_TYPES
+
+__all__ = ["MATRIX_TYPES", "layer_order", "matrix_label", "tally"]
 
 
 def matrix_label(path: str) -> tuple[str, str]:
     """``(layer, type)`` of a prunable kernel path, e.g. ``("3", "ffn_in")``; other paths give
     ``(path, "matrix")``."""
-    m = _LAYER.search(path)
+    m = re.search(LAYER_MATRIX, path)
     if not m:
         return path, "matrix"
     return m.group(1), MATRIX_TYPES.get(m.group(2), m.group(2))

@@ -17,16 +17,17 @@ JAX and the model code are imported only by the loaders.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
 
 import numpy as np
 
+from mvp_jax import methods, rundir
 from mvp_jax.errors import MissingFileError, UserError
 from mvp_jax.matrices import layer_order, matrix_label, tally
 
@@ -93,62 +94,46 @@ class RunWeights:
         return np.concatenate([np.ravel(tree[p]) for p in (paths or self.paths)])
 
 
-def _flat(tree: Any) -> dict[str, Any]:
-    from flax import traverse_util
-
-    tree = tree.unfreeze() if hasattr(tree, "unfreeze") else tree
-    return traverse_util.flatten_dict(tree, sep="/")
-
-
-def _final_masks_fn(pruning):
-    """``(params, scores) -> {path: bool array}``: the final masks, in one compiled program."""
+def _final_masks_fn(prune):
+    """``(params, scores) -> {path: bool array}``: the final masks of a run's ``prune`` config
+    section, in one compiled program."""
     import jax
 
-    compiled = jax.jit(pruning.final_masks)
+    from mvp_jax import masking
+
+    compiled = jax.jit(functools.partial(masking.final_masks, prune))
 
     def final_masks(params, scores):
-        masks = jax.device_get(compiled(params, scores))
-        return {p: np.asarray(m) > 0 for p, m in masks.items()}
+        return {p: np.asarray(m) > 0 for p, m in jax.device_get(compiled(params, scores)).items()}
 
     return final_masks
-
-
-def _restore(run_dir: str):
-    from mvp_jax.evaluation import restore_run
-
-    return restore_run(os.fspath(run_dir))
 
 
 def load_run_weights(run_dir: str) -> RunWeights:
     """Pretrained and fine-pruned values, final masks and scores of a run's latest checkpoint."""
     import jax
 
-    from mvp_jax.train import LEARNED
+    from mvp_jax import tree
 
-    _, pre, pruning, state = _restore(run_dir)
-    params = jax.device_get(state.params)
-    masks = _final_masks_fn(pruning)(state.params, state.scores)
-    flat_pre, flat_fin = _flat(jax.device_get(pre.params)), _flat(params)
-    if pruning.method in LEARNED:
-        flat_scores = _flat(jax.device_get(state.scores))
-        scores = {p: np.asarray(flat_scores[p]) for p in masks}
-    else:
-        scores = {p: np.abs(np.asarray(flat_fin[p])) for p in masks}
+    run = rundir.restore_run(os.fspath(run_dir))
+    method = methods.get(run.cfg.prune.method)
+    masks = _final_masks_fn(run.cfg.prune)(run.params, run.scores)
+    flat_pre = tree.flatten(jax.device_get(run.pretrained.params))
+    flat_fin = tree.flatten(run.params)
+    # what the masks were selected from: the learned scores, or |W|
+    flat_scores = tree.flatten(run.scores) if method.learns_scores else {
+        p: np.abs(flat_fin[p]) for p in masks}
     return RunWeights(
-        run_dir=os.fspath(run_dir), method=pruning.method, step=int(jax.device_get(state.step)),
-        keep=float(pruning.final_threshold),
+        run_dir=os.fspath(run_dir), method=method.name, step=run.step,
+        keep=float(run.cfg.prune.final_threshold),
         pretrained={p: np.asarray(flat_pre[p]) for p in masks},
-        final={p: np.asarray(flat_fin[p]) for p in masks}, masks=masks, scores=scores)
+        final={p: np.asarray(flat_fin[p]) for p in masks}, masks=masks,
+        scores={p: np.asarray(flat_scores[p]) for p in masks})
 
 
 def checkpoint_steps(run_dir: str) -> list[int]:
     """Steps of the checkpoints kept in ``run_dir/checkpoints``, ascending."""
-    import orbax.checkpoint as ocp
-
-    directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(s) for s in ocp.utils.checkpoint_steps(directory))
+    return rundir.checkpoint_steps(os.fspath(run_dir))
 
 
 def mask_history(run_dir: str, steps: Sequence[int] | None = None
@@ -159,24 +144,18 @@ def mask_history(run_dir: str, steps: Sequence[int] | None = None
     Returns ``(steps, masks)``, ``masks[i]`` a ``{path: bool array}`` dict. Save checkpoints
     often (``train.save_every``) and keep them (``train.keep_checkpoints``) to see more steps.
     """
-    from mvp_jax.checkpoint import CheckpointManager
-
+    run_dir = os.fspath(run_dir)
     available = checkpoint_steps(run_dir)
     steps = available if steps is None else [int(s) for s in steps]
     missing = sorted(set(steps) - set(available))
     if missing:
         raise MissingFileError(f"{run_dir}: no checkpoint for steps {missing}; "
                                 f"available: {available}")
-    _, _, pruning, _ = _restore(run_dir)
-    mngr = CheckpointManager(os.path.join(os.path.abspath(run_dir), "checkpoints"),
-                             keep=max(len(available), 1))
-    final_masks, history = _final_masks_fn(pruning), []
-    try:
-        for step in steps:
-            saved = mngr.restore_saved(step)
-            history.append(final_masks(saved["params"], saved.get("scores") or {}))
-    finally:
-        mngr.close()
+    final_masks = _final_masks_fn(rundir.load_run_config(run_dir).prune)
+    history = []
+    for step in steps:
+        saved = rundir.read_checkpoint(run_dir, ("params", "scores"), step)
+        history.append(final_masks(saved["params"], saved.get("scores") or {}))
     return steps, history
 
 
@@ -361,11 +340,17 @@ def _select(run: RunWeights, paths: Sequence[str] | str | None):
     return [run.concat(k, paths) for k in ("pretrained", "final", "masks")]
 
 
+def _method(name: str):
+    """The ``mvp_jax.methods`` object of ``name``, None for a name it does not know."""
+    try:
+        return methods.get(name)
+    except UserError:
+        return None
+
+
 def _method_title(run: RunWeights) -> str:
-    names = {"magnitude": "Magnitude pruning", "topk": "Movement pruning",
-             "sigmoied_threshold": "Soft movement pruning", "l0": "L0 regularization",
-             "random": "Random pruning (control)", "none": "No pruning"}
-    return f"{names.get(run.method, run.method)} ({100 * run.keep:.0f}% kept, step {run.step})"
+    label = getattr(_method(run.method), "label", run.method)
+    return f"{label} ({100 * run.keep:.0f}% kept, step {run.step})"
 
 
 def figure1(runs: Sequence[RunWeights], *, paths: Sequence[str] | str | None = None,
@@ -432,7 +417,8 @@ def score_histograms(runs: Sequence[RunWeights], *, bins: int = 120):
         ax.hist([s[~m & inside], s[m & inside]], bins=edges, stacked=True,
                 color=[PRUNED_COLOR, KEPT_COLORS[i % len(KEPT_COLORS)]], label=["pruned", "kept"])
         ax.set_yscale("log")
-        ax.set_xlabel("|W| (magnitude score)" if run.method == "magnitude" else "learned score S")
+        learned = getattr(_method(run.method), "learns_scores", True)
+        ax.set_xlabel("learned score S" if learned else "|W| (magnitude score)")
         ax.set_ylabel("weights")
         ax.set_title(_method_title(run), fontsize=10)
         ax.legend(fontsize=8, frameon=False)

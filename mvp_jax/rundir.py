@@ -1,9 +1,12 @@
-"""A run directory: what a run writes there, checking it before any write, atomic JSON, a lock.
+"""A run directory: what a run writes there, checking it before any write, atomic JSON, a lock,
+and reading a run back (``restore_run``: its config and its latest checkpoint's params and
+scores, without its data or its optimizer).
 
 A run directory holds exactly these entries (``RUN_ENTRIES``); ``--overwrite`` removes these
 and nothing else, so a user's own files beside them are never deleted::
 
     config.yaml  metrics.jsonl  tb/  checkpoints/  export/  counts.json  eval_results.json
+    compact/     (structured granularity: the model without its pruned heads and neurons)
     run.lock     (while a process runs in it)
 
 A directory that holds other files but no run is refused even with ``--overwrite``.
@@ -17,13 +20,15 @@ import shutil
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from mvp_jax.errors import UserError
+from mvp_jax.errors import MissingFileError, UserError
 
 RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", "eval_results.json")
-RUN_ENTRIES = (*RUN_MARKERS, "tb", "export", "counts.json")
+RUN_ENTRIES = (*RUN_MARKERS, "tb", "export", "compact", "counts.json")
 LOCK = "run.lock"
+RESTORED_FIELDS = ("step", "params", "scores")  # what analysis and export read of a checkpoint
 
 
 class RunError(UserError):
@@ -119,7 +124,7 @@ class RunLock:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         me = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
         for _ in range(2):
             try:
@@ -148,7 +153,7 @@ class RunLock:
             except FileNotFoundError:
                 pass
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
@@ -170,3 +175,72 @@ def pause_for_test(point: str) -> None:
 
 
 pause_for_test.count = {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a run back: its config and checkpoints
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestoredRun:
+    """A run's config, the pretrained model it started from (``mvp_jax.models.Pretrained``) and
+    its latest checkpoint: step, params and scores (``{}`` for a method without learned scores),
+    as numpy arrays."""
+
+    cfg: Any
+    pretrained: Any
+    step: int
+    params: dict
+    scores: dict
+
+
+def load_run_config(run_dir: str):
+    """The ``config.yaml`` of a run directory."""
+    from mvp_jax.config import load_config
+
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{run_dir!r} is not a run directory (no config.yaml)")
+    return load_config(path)
+
+
+def _checkpoints(run_dir: str):
+    """A read-only ``CheckpointManager`` of ``run_dir/checkpoints``."""
+    from mvp_jax.checkpoint import CheckpointManager
+
+    directory = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise MissingFileError(f"{run_dir!r} has no checkpoint in {directory}")
+    return CheckpointManager(directory, read_only=True)
+
+
+def checkpoint_steps(run_dir: str) -> list[int]:
+    """Steps of the complete checkpoints kept in ``run_dir/checkpoints``, ascending."""
+    if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        return []
+    with _checkpoints(run_dir) as mngr:
+        return mngr.all_steps()
+
+
+def read_checkpoint(run_dir: str, fields=RESTORED_FIELDS, step: int | None = None) -> dict:
+    """The top-level ``fields`` (of ``TrainState``) saved at ``step`` (default: the latest) of a
+    run, as numpy arrays; nothing else is read from disk (no optimizer state)."""
+    with _checkpoints(run_dir) as mngr:
+        return mngr.restore_fields(fields, step)
+
+
+def restore_run(run_dir: str) -> RestoredRun:
+    """A run's config, pretrained model and latest checkpoint (``RestoredRun``), without
+    loading its data or reading its optimizer state."""
+    from mvp_jax import data
+    from mvp_jax.models import load_pretrained
+
+    run_dir = os.fspath(run_dir)
+    cfg = load_run_config(run_dir)
+    saved = read_checkpoint(run_dir)
+    spec = data.task_from_config(cfg.task)
+    pre = load_pretrained(cfg.model.name, head="qa" if spec.kind == "qa" else "classification",
+                          num_labels=spec.num_labels)
+    return RestoredRun(cfg=cfg, pretrained=pre, step=int(saved["step"]), params=saved["params"],
+                       scores=saved.get("scores") or {})

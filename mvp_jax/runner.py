@@ -35,6 +35,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -54,17 +55,9 @@ from mvp_jax.rundir import (
     write_json,
     write_text,
 )
-from mvp_jax.train import (
-    LEARNED,
-    Distill,
-    Pruning,
-    evaluate_splits,
-    init_state,
-    jit_eval_step,
-    jit_train_step,
-    make_eval_step,
-    make_train_step,
-)
+from mvp_jax.evaluation import evaluate_splits, jit_eval_step, make_eval_step
+from mvp_jax.methods import learns_scores
+from mvp_jax.train import init_state, jit_train_step, make_train_step, model_heads
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -106,20 +99,7 @@ class Setup:
     teacher: Any  # Pretrained | None
     steps_per_epoch: int
     total_steps: int
-    pruning: Pruning
     buckets: tuple[int, ...] | None = None  # length buckets, max_seq_length last; None: fixed
-
-
-def pruning_of(cfg, total_steps: int) -> Pruning:
-    p = cfg.prune
-    return Pruning(
-        method=p.method, global_topk=bool(p.global_topk),
-        initial_threshold=float(p.initial_threshold), final_threshold=float(p.final_threshold),
-        initial_warmup=p.initial_warmup, final_warmup=p.final_warmup,
-        warmup_steps=int(cfg.train.warmup_steps), total_steps=int(total_steps),
-        regularization=p.regularization, final_lambda=float(p.final_lambda),
-        patterns=tuple(p.patterns) if p.patterns else masking.DEFAULT_PRUNABLE,
-        global_topk_frequency=int(p.global_topk_frequency))
 
 
 def load_setup(cfg) -> Setup:
@@ -184,7 +164,7 @@ def load_setup(cfg) -> Setup:
     steps_per_epoch = data.num_batches(len(task.train["input_ids"]), per_step)
     total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     return Setup(cfg, task, module, pre.params, pre.config, pre.path, head, teacher,
-                 steps_per_epoch, int(total), pruning_of(cfg, total), buckets)
+                 steps_per_epoch, int(total), buckets)
 
 
 class _Signals:
@@ -272,11 +252,14 @@ def _fine_prune_locked(cfg, setup: Setup, mesh, output_dir: str, resuming: bool,
     """The run once its directory is checked and locked."""
     primary = shd.is_primary()
     t = cfg.train
-    pruning = setup.pruning
+    prune = cfg.prune
     scores = {}
-    if pruning.method in LEARNED:
-        scores = masking.init_scores(setup.params, cfg.prune.mask_init, cfg.prune.mask_scale,
-                                     rng=jax.random.PRNGKey(t.seed + 1), patterns=pruning.patterns)
+    if learns_scores(prune.method):
+        scores = masking.init_scores(setup.params, prune.mask_init, prune.mask_scale,
+                                     rng=jax.random.PRNGKey(t.seed + 1),
+                                     patterns=masking.patterns_of(prune),
+                                     granularity=prune.granularity,
+                                     num_heads=model_heads(setup.module))
     optimizer = make_optimizer(
         learning_rate=t.learning_rate, scores_learning_rate=t.scores_learning_rate,
         total_steps=setup.total_steps, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
@@ -290,17 +273,17 @@ def _fine_prune_locked(cfg, setup: Setup, mesh, output_dir: str, resuming: bool,
     if resuming and primary:  # lines logged after the checkpoint are logged again from it
         _truncate_metrics(os.path.join(output_dir, "metrics.jsonl"), int(jax.device_get(state.step)))
 
-    distill = Distill(cfg.distill.alpha_ce, cfg.distill.alpha_distil, cfg.distill.temperature)
     teacher_module = setup.teacher.module if setup.teacher else None
     teacher_params = setup.teacher.params if setup.teacher else None
     if teacher_params is not None:
         teacher_params = shd.place(teacher_params, shd.tree_shardings(teacher_params, mesh))
     eval_bs = t.eval_batch_size or t.batch_size
     train_step = jit_train_step(
-        make_train_step(setup.module, setup.task.spec.kind, pruning, optimizer,
-                        teacher=teacher_module, distill=distill),
+        make_train_step(setup.module, setup.task.spec.kind, prune, optimizer,
+                        total_steps=setup.total_steps, warmup_steps=t.warmup_steps,
+                        teacher=teacher_module, distill=cfg.distill),
         mesh, state, t.batch_size, teacher_params)
-    eval_step = jit_eval_step(make_eval_step(setup.module, pruning), mesh, state.params,
+    eval_step = jit_eval_step(make_eval_step(setup.module, prune), mesh, state.params,
                               state.scores, eval_bs)
     run = _Run(setup, mesh, train_step, eval_step, teacher_params, ckpt, output_dir, eval_bs,
                primary, serialize=shd.needs_serial_dispatch(mesh))
@@ -495,6 +478,7 @@ class _FiniteCheck:
 
 def _finish(run: _Run, state, fh, writer) -> dict:
     """Final evaluation, export, counts; ``eval_results.json`` last (files: process 0 only)."""
+    from mvp_jax.compact import compact_params, save_compact
     from mvp_jax.export import count_remaining, export_hf
 
     setup, output_dir = run.setup, run.output_dir
@@ -503,16 +487,18 @@ def _finish(run: _Run, state, fh, writer) -> dict:
     # at once can deadlock XLA's CPU backend), whole on every process; W * M on the host, bit for
     # bit the eager product (-0.0 kept) that `mvp-jax export` computes from the checkpoint.
     whole = shd.replicated(run.mesh)
-    masks = jax.jit(setup.pruning.final_masks, out_shardings=whole)(state.params, state.scores)
+    prune = setup.cfg.prune
+    masks = jax.jit(partial(masking.final_masks, prune, num_heads=model_heads(setup.module)),
+                    out_shardings=whole)(state.params, state.scores)
     params = state.params
     if jax.process_count() > 1:
         params = jax.jit(lambda t: t, out_shardings=whole)(params)
     masked = masking.multiply_masks(jax.device_get(params), jax.device_get(masks))
-    counts = count_remaining(masked, setup.pruning.patterns)
+    counts = count_remaining(masked, masking.patterns_of(prune))
     step = int(jax.device_get(state.step))
     spec = setup.task.spec
     results = {
-        "task": spec.name, "method": setup.pruning.method, "step": step,
+        "task": spec.name, "method": prune.method, "step": step,
         "remaining_weights": counts["fraction"],
         "remaining": counts["remaining"], "prunable": counts["total"],
         "main_metric": spec.main_metric, "metrics": evals,
@@ -520,9 +506,14 @@ def _finish(run: _Run, state, fh, writer) -> dict:
     if not run.primary:
         return results
     pause_for_test("export")
+    export_kwargs = dict(tokenizer_path=setup.model_path, num_labels=spec.num_labels,
+                         label_names=spec.label_names or None, overwrite=True)
     export_hf(os.path.join(output_dir, "export"), masked, setup.model_config, setup.head,
-              tokenizer_path=setup.model_path, num_labels=setup.task.spec.num_labels,
-              label_names=spec.label_names or None, overwrite=True)
+              **export_kwargs)
+    if prune.granularity != "weight":  # the pruned heads and neurons removed: a smaller model
+        save_compact(os.path.join(output_dir, "compact"),
+                     *compact_params(masked, None, setup.model_config), setup.head,
+                     **export_kwargs)
     write_json(os.path.join(output_dir, "counts.json"), counts)
     _log(fh, writer, {"step": step, **_flatten_metrics("eval", evals),
                       "eval/remaining_weights": counts["fraction"]})

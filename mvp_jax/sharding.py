@@ -1,14 +1,9 @@
 """Device mesh, parameter partition rules, batch placement and the multi-host start.
 
-One place decides the layout (as in MaxText): ``PARTITION_RULES`` maps a parameter path to a
-``PartitionSpec`` over the mesh axes ``("data", "model")``, Megatron style:
-
-* Q, K, V and FFN-in (``intermediate/dense``) kernels ``(in, out)`` are split on the output
-  dimension over ``"model"`` (column parallel);
-* the attention-output and FFN-out kernels on the input dimension (row parallel), so each pair
-  needs one all-reduce in the forward pass;
-* the embedding tables on the hidden dimension;
-* everything else (biases, LayerNorm, pooler, heads, step, rng) is replicated.
+One place decides the layout (as in MaxText): partition rules (default
+``mvp_jax.models.layout.PARTITION_RULES``, Megatron style) map a parameter path to a
+``PartitionSpec`` over the mesh axes ``("data", "model")``; everything they do not match
+(biases, LayerNorm, pooler, heads, step, rng) is replicated.
 
 A dimension that the axis size does not divide falls back to replicated. The rules match the end
 of a '/'-joined tree path (``re.search``), so they apply unchanged to the scores (which mirror the
@@ -33,20 +28,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mvp_jax import tree
 from mvp_jax.errors import UserError
+from mvp_jax.models.layout import MESH_AXES, PARTITION_RULES
 
 PyTree = Any
-AXES = ("data", "model")
-
-# (regex on the '/'-joined path, spec for an array of that rank). First match wins.
-PARTITION_RULES: tuple[tuple[str, P], ...] = (
-    (r"attention/self/(query|key|value)/kernel$", P(None, "model")),
-    (r"intermediate/dense/kernel$", P(None, "model")),
-    (r"attention/output/dense/kernel$", P("model", None)),
-    (r"layer/\d+/output/dense/kernel$", P("model", None)),
-    (r"embeddings/[^/]+/embedding$", P(None, "model")),
-)
-_COMPILED = tuple((re.compile(pattern), spec) for pattern, spec in PARTITION_RULES)
+Rules = Sequence[tuple[str, Sequence[str | None]]]  # (regex on the path, axis per dimension)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,7 +99,7 @@ def make_mesh(data: int | None = None, model: int = 1,
         raise UserError(f"mesh.data x mesh.model = {data} x {model} = {data * model}, but "
                          f"there are {n} devices; the mesh must use them all "
                          f"(mesh.data=null takes {n // model})")
-    return jax.make_mesh((data, model), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
+    return jax.make_mesh((data, model), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2,
                          devices=devices)
 
 
@@ -124,43 +111,31 @@ def needs_serial_dispatch(mesh: Mesh) -> bool:
     return mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
 
 
-def path_str(path) -> str:
-    """'/'-joined names of a ``tree_util`` key path (dict keys, attributes, indices)."""
-    out = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                out.append(str(getattr(k, attr)))
-                break
-        else:
-            out.append(str(k))
-    return "/".join(out)
-
-
-def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
-    """``spec`` with every axis that does not divide its dimension replaced by None."""
-    fitted = []
-    for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        fitted.append(axis if axis is not None and dim % mesh.shape[axis] == 0 else None)
+def _fit(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> P:
+    """``axes`` with every axis that does not divide its dimension replaced by None."""
+    fitted = [axis if axis is not None and dim % mesh.shape[axis] == 0 else None
+              for dim, axis in zip(shape, axes)]
     while fitted and fitted[-1] is None:
         fitted.pop()
     return P(*fitted)
 
 
-def partition_spec(path: str, shape: Sequence[int], mesh: Mesh) -> P:
-    """The ``PartitionSpec`` of the array at ``path`` (see ``PARTITION_RULES``)."""
-    for regex, spec in _COMPILED:
-        if regex.search(path) and len(shape) == len(spec):
-            return _fit(spec, shape, mesh)
+def partition_spec(path: str, shape: Sequence[int], mesh: Mesh,
+                   rules: Rules = PARTITION_RULES) -> P:
+    """The ``PartitionSpec`` of the array at ``path``: the first rule whose regex is found in
+    ``path`` and whose rank is the array's; replicated when none matches."""
+    for pattern, axes in rules:
+        if re.search(pattern, path) and len(shape) == len(axes):
+            return _fit(axes, shape, mesh)
     return P()
 
 
-def tree_shardings(tree: PyTree, mesh: Mesh) -> PyTree:
-    """``NamedSharding`` of every leaf of ``tree`` (arrays or ``ShapeDtypeStruct``s): params,
+def tree_shardings(params: PyTree, mesh: Mesh, rules: Rules = PARTITION_RULES) -> PyTree:
+    """``NamedSharding`` of every leaf of ``params`` (arrays or ``ShapeDtypeStruct``s): params,
     scores, optimizer states or a whole ``TrainState``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, partition_spec(path_str(path), np.shape(x), mesh)),
-        tree)
+    return tree.map_with_path(
+        lambda path, x: NamedSharding(mesh, partition_spec(path, np.shape(x), mesh, rules)),
+        params)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -218,8 +193,3 @@ def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
         local = x[_process_slice(sharding, x.shape)]
         out[name] = jax.make_array_from_process_local_data(sharding, local, x.shape)
     return out
-
-
-def local_rows(sharding: NamedSharding, shape: Sequence[int], dim: int) -> slice:
-    """Rows along ``dim`` of a global array of ``shape`` that this process feeds."""
-    return _process_slice(sharding, shape)[dim]

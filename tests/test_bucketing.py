@@ -132,7 +132,8 @@ def test_resolve_buckets_errors_name_the_key():
 def test_bucketed_predict_matches_fixed_length_on_minilm(shared_data, tok):
     from mvp_jax import data
     from mvp_jax.models import load_pretrained
-    from mvp_jax.train import EvalStep, Pruning, make_eval_step, predict
+    from mvp_jax.config import PruneConfig
+    from mvp_jax.evaluation import EvalStep, make_eval_step, predict
 
     pre = load_pretrained("minilm-l6", head="classification", num_labels=2)
     task = data.load_task("sst2", tok, data_dir=shared_data / "glue" / "SST-2", max_seq_length=32,
@@ -140,7 +141,7 @@ def test_bucketed_predict_matches_fixed_length_on_minilm(shared_data, tok):
     feats = task.evals["validation"].features
     lengths = sequence_lengths(feats["attention_mask"])
     assert lengths.max() > 16 > lengths.min()  # both buckets in use
-    pruning = Pruning(method="magnitude", final_threshold=0.4)
+    pruning = PruneConfig(method="magnitude", final_threshold=0.4)
     step = make_eval_step(pre.module, pruning)
     assert isinstance(step, EvalStep)
     jitted = step.jit()
@@ -192,11 +193,9 @@ def tiny_config(shared_data, model, *extra):
 
 
 def final_state(run_dir):
-    from mvp_jax.evaluation import restore_run
+    from mvp_jax.rundir import read_checkpoint
 
-    _, _, _, state = restore_run(str(run_dir))
-    return jax.device_get({"params": state.params, "scores": state.scores, "step": state.step,
-                           "rng": state.rng})
+    return read_checkpoint(str(run_dir), ("params", "scores", "step", "rng"))
 
 
 @pytest.mark.slow
@@ -304,7 +303,8 @@ def _tiny_step(rng_impl, mesh_shape):
     from mvp_jax import sharding
     from mvp_jax.models import build_module, init_params
     from mvp_jax.optim import make_optimizer
-    from mvp_jax.train import Pruning, init_state, jit_train_step, make_train_step
+    from mvp_jax.config import PruneConfig
+    from mvp_jax.train import init_state, jit_train_step, make_train_step
 
     module = build_module(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
                                      num_attention_heads=4, intermediate_size=64,
@@ -319,8 +319,8 @@ def _tiny_step(rng_impl, mesh_shape):
         return sharding.place(state, sharding.tree_shardings(state, mesh))
 
     state = fresh()
-    step = jit_train_step(make_train_step(module, "classification", Pruning(method="none"),
-                                          optimizer), mesh, state, 8,
+    step = jit_train_step(make_train_step(module, "classification", PruneConfig(method="none"),
+                                          optimizer, total_steps=10), mesh, state, 8,
                           compiler_options={"xla_backend_optimization_level": 0})
     put = sharding.batch_sharding(mesh, 8, micro=True)
     return step, fresh, lambda b: sharding.put_batch(b, put)

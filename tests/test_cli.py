@@ -114,13 +114,13 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, shared_data):
     assert stopped >= 2
     # the checkpoint resumes: continue two more steps with the run's own configuration
     from mvp_jax.config import load_config
-    from mvp_jax.evaluation import restore_run
+    from mvp_jax.rundir import restore_run
     from mvp_jax.runner import fine_prune
 
     cfg = load_config(str(run / "config.yaml"))
     res = fine_prune(cfg, str(run), resume=True, progress=False, stop_at_step=stopped + 2)
     assert res == {"step": stopped + 2, "complete": False}
-    _, _, _, state = restore_run(str(run))
+    state = restore_run(str(run))
     assert int(state.step) == stopped + 2
 
 

@@ -4,12 +4,15 @@ import dataclasses
 import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from mvp_jax import config as C
+from mvp_jax import methods, task_names
 from mvp_jax.config import (Config, ConfigError, PruneConfig, TrainConfig, apply_overrides,
                             config_from_dict, config_to_dict, dump_config, load_config,
                             save_config)
@@ -456,3 +459,68 @@ def test_errors_in_a_base_name_the_base(tmp_path):
     leaf = write(tmp_path / "leaf.yaml", "base: base.yaml\n")
     with pytest.raises(ConfigError, match=r"did you mean 'prune\.method'\? \(in '.*base\.yaml'\)"):
         load_config(leaf)
+
+
+# ----------------------------------------------------------------------------------------------
+# Method registry, granularity, task names (no JAX, no data pipeline)
+# ----------------------------------------------------------------------------------------------
+
+
+def test_reading_a_config_imports_no_jax_and_no_data_pipeline():
+    code = ("import sys, mvp_jax.config as c; c.load_config(None, ['task.name=SST-2']); "
+            "print([m for m in sys.modules if m.startswith(('jax', 'flax', 'mvp_jax.data'))])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_granularity_default_and_choices():
+    assert PruneConfig().granularity == "weight" and C.GRANULARITIES[0] == "weight"
+    assert set(C.GRANULARITIES) == {"weight", "head", "neuron", "hybrid"}
+    for name in methods.NAMES:  # every method takes weight granularity
+        assert "weight" in methods.get(name).granularities
+    assert config_to_dict(Config())["prune"]["granularity"] == "weight"
+    with pytest.raises(ConfigError, match=r"^unknown prune\.granularity 'heads'; did you mean "
+                                          r"'head'\? \(choices: weight, head, neuron, hybrid\)$"):
+        load_config(None, ["prune.granularity=heads"])
+
+
+def test_granularity_the_method_does_not_support():
+    if "head" in methods.get("sigmoied_threshold").granularities:
+        pytest.skip("sigmoied_threshold prunes heads now")
+    with pytest.raises(ConfigError, match=r"^prune\.granularity head does not apply to method "
+                                          r"sigmoied_threshold \(it supports: weight\)$") as e:
+        load_config(None, ["prune.method=sigmoied_threshold", "prune.initial_threshold=0",
+                           "prune.granularity=head"])
+    assert "\n" not in str(e.value)
+    for name in methods.NAMES:  # what a method supports loads
+        for g in methods.get(name).granularities:
+            assert PruneConfig(method=name, granularity=g, initial_threshold=0.5,
+                               regularization=methods.get(name).regularization
+                               ).granularity == g
+
+
+def test_method_alias_is_named_in_the_message():
+    for alias, name in methods.ALIASES.items():
+        with pytest.raises(ConfigError, match=rf"^unknown prune\.method '{alias}'; did you mean "
+                                              rf"'{name}'\? \(choices: none, magnitude"):
+            load_config(None, [f"prune.method={alias}"])
+
+
+def test_regularizations_are_those_the_methods_need():
+    assert C.REGULARIZATIONS == ("l1", "l0") and C.METHODS == methods.NAMES
+    for name in methods.NAMES:
+        assert methods.get(name).regularization in (None, *C.REGULARIZATIONS)
+
+
+def test_task_names_match_the_task_registry():
+    tasks = pytest.importorskip("mvp_jax.data.tasks")
+    custom = pytest.importorskip("mvp_jax.data.custom")
+    assert task_names.NAMES == tuple(tasks.TASKS) and task_names.KINDS == custom.KINDS
+    for alias, name in task_names.ALIASES.items():
+        assert tasks.get_task(alias).name == name == task_names.canonical_task(alias.upper())
+    for bad in ("sst-3", "squad2", "zzz"):
+        with pytest.raises(tasks.DataError) as want:
+            tasks.get_task(bad)
+        with pytest.raises(ConfigError) as got:
+            load_config(None, [f"task.name={bad}"])
+        assert str(got.value) == f"task.name: {want.value}"

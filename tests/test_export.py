@@ -12,21 +12,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
 
 from _helpers_models import make_hf_checkpoint, padded_batch
 from mvp_jax import export
-from mvp_jax.export import (
+from mvp_jax import tree
+from mvp_jax.compressed import (
     CompressedFormatError,
-    ExportError,
     compression_report,
-    count_remaining,
-    export_hf,
-    format_counts,
     load_compressed,
     save_compressed,
 )
-from mvp_jax.masking import DEFAULT_PRUNABLE, apply_masks, init_scores, prunable_paths
+from mvp_jax.export import ExportError, count_remaining, export_hf, format_counts
+from mvp_jax.masking import apply_masks, init_scores, prunable_paths
+from mvp_jax.models.layout import PRUNABLE as DEFAULT_PRUNABLE
 from mvp_jax.models import load_pretrained
 
 torch = pytest.importorskip("torch")
@@ -56,10 +54,6 @@ def masked(tmp_path_factory):
 @partial(jax.jit, static_argnums=2)
 def _topk(params, scores, keep):
     return apply_masks(params, scores, method="topk", threshold=keep)
-
-
-def _flat(tree):
-    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def _diff(a, b):
@@ -153,10 +147,10 @@ def test_export_is_atomic_and_refuses_overwrite(masked, tmp_path, monkeypatch):
 
 def test_export_bad_params(masked, tmp_path):
     p, params = masked["classification"]
-    flat = _flat(params)
+    flat = tree.flatten(params)
     del flat["bert/encoder/layer/1/output/dense/kernel"]
     with pytest.raises(ExportError, match="missing.*layer/1/output/dense/kernel"):
-        export_hf(tmp_path / "x", traverse_util.unflatten_dict(flat, sep="/"), p.config,
+        export_hf(tmp_path / "x", tree.unflatten(flat), p.config,
                   "classification")
     with pytest.raises(ExportError, match="unknown head"):
         export_hf(tmp_path / "x", params, p.config, "tokens")
@@ -202,7 +196,7 @@ def _error_bounds(params, float_dtype):
     """
     quantised = set(prunable_paths(params))
     bounds = {}
-    for path, w in _flat(params).items():
+    for path, w in tree.flatten(params).items():
         w = np.asarray(w)
         if path in quantised:
             s = np.abs(w).max() / 127
@@ -226,7 +220,7 @@ def test_compressed_round_trip_within_quantisation_error(masked, tmp_path, float
     assert config.num_labels == 3 and module.head == "classification"
 
     # 1. every entry within its derived bound; pruned zeros stay exactly zero
-    bounds, a, b = _error_bounds(params, float_dtype), _flat(params), _flat(loaded)
+    bounds, a, b = _error_bounds(params, float_dtype), tree.flatten(params), tree.flatten(loaded)
     assert a.keys() == b.keys()
     for path in a:
         err = np.abs(np.asarray(a[path]) - np.asarray(b[path]))
@@ -242,7 +236,7 @@ def test_compressed_round_trip_within_quantisation_error(masked, tmp_path, float
 
     jac = jax.jit(jax.jacrev(logits))(params)
     bound = sum(np.abs(np.asarray(j)).reshape(len(j), -1) @ bounds[k].ravel()
-                for k, j in _flat(jac).items())
+                for k, j in tree.flatten(jac).items())
     delta = np.abs(np.asarray(logits(loaded)) - np.asarray(logits(params)))
     assert np.all(delta <= bound + 1e-6), (delta.max(), bound.max())
     assert delta.max() > 0  # the quantisation did change something

@@ -111,10 +111,9 @@ def test_global_topk_keeps_exact_total(tmp_path, shared_data):
 
 
 def final_params(run_dir):
-    from mvp_jax.evaluation import restore_run
+    from mvp_jax.rundir import read_checkpoint
 
-    _, _, _, state = restore_run(str(run_dir))
-    return jax.device_get({"params": state.params, "scores": state.scores, "step": state.step})
+    return read_checkpoint(str(run_dir), ("params", "scores", "step"))
 
 
 def test_resume_gives_identical_params(tmp_path, shared_data):
@@ -138,7 +137,7 @@ def test_resume_gives_identical_params(tmp_path, shared_data):
 
 def test_cli_evaluate_count_export_on_a_run(runs, tmp_path, capsys):
     from mvp_jax.cli import main
-    from mvp_jax.export import load_compressed
+    from mvp_jax.compressed import load_compressed
 
     d, results = runs["topk"]
     assert main(["evaluate", str(d)]) == 0

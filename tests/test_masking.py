@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mvp_jax import masking as m
+from mvp_jax import tree
 
 KEY = jax.random.PRNGKey(0)
 
@@ -243,10 +244,10 @@ def test_pattern_matching_nothing_is_value_error():
 def test_init_scores_mirror_prunable_kernels(init, scale):
     params = bert_like_params()
     scores = m.init_scores(params, init, scale, rng=KEY)
-    flat = m._flat(scores)
+    flat = tree.flatten(scores)
     assert sorted(flat) == sorted(m.prunable_paths(params))
     for path, s in flat.items():
-        w = m._flat(params)[path]
+        w = tree.flatten(params)[path]
         assert s.shape == w.shape
         if init == "constant":
             assert np.all(np.asarray(s) == scale)
@@ -267,7 +268,7 @@ def test_apply_masks_touches_only_prunable_kernels(method, threshold):
     params = bert_like_params()
     scores = m.init_scores(params, "uniform", 1.0, rng=KEY)
     out = m.apply_masks(params, scores, method=method, threshold=threshold, rng=KEY, train=False)
-    flat_in, flat_out = m._flat(params), m._flat(out)
+    flat_in, flat_out = tree.flatten(params), tree.flatten(out)
     prunable = set(m.prunable_paths(params))
     for path, w in flat_in.items():
         if path in prunable:
@@ -293,8 +294,8 @@ def test_magnitude_score_init_is_scaled_normalised_magnitude():
     """``S0 = scale * |W| / rms(W)`` per matrix (hand formula), so Top-v of the initial scores is
     exactly magnitude pruning of every matrix."""
     params = bert_like_params()
-    scores = m._flat(m.init_scores(params, "magnitude", 2.0))
-    for path, w in m._flat(params).items():
+    scores = tree.flatten(m.init_scores(params, "magnitude", 2.0))
+    for path, w in tree.flatten(params).items():
         if path not in scores:
             continue
         w = np.asarray(w, np.float64)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +37,11 @@ import pytest
 from flax import traverse_util
 
 from mvp_jax import masking, sharding
+from mvp_jax.config import PruneConfig
 from mvp_jax.models import load_pretrained
 from mvp_jax.optim import make_optimizer
-from mvp_jax.train import Pruning, init_state, jit_train_step, make_train_step
+from mvp_jax.schedules import pruning_threshold
+from mvp_jax.train import init_state, jit_train_step, make_train_step
 
 torch = pytest.importorskip("torch")
 import torch_reference as ref  # noqa: E402
@@ -186,11 +189,10 @@ def mvp_setup(checkpoint, recipe: dict, scores_np: dict | None, freeze_embedding
     module = pre.module.clone(spec=dataclasses.replace(
         pre.module.spec, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     params = jax.tree_util.tree_map(jnp.asarray, pre.params)  # sorted dicts, as inside the jit
-    pruning = Pruning(
+    pruning = PruneConfig(
         method=r["method"], global_topk=r.get("global_topk", False),
         initial_threshold=r.get("initial_threshold", 1.0), final_threshold=r["final_threshold"],
-        initial_warmup=1, final_warmup=2, warmup_steps=r["warmup_steps"],
-        total_steps=r["total_steps"], regularization=r.get("regularization"),
+        initial_warmup=1, final_warmup=2, regularization=r.get("regularization"),
         final_lambda=r.get("final_lambda", 0.0))
     scores = {}
     if scores_np is not None:
@@ -203,7 +205,8 @@ def mvp_setup(checkpoint, recipe: dict, scores_np: dict | None, freeze_embedding
         adam_epsilon=r["adam_epsilon"], freeze_embeddings=freeze_embeddings,
         optimizer="reference_adamw")
     state = init_state(params, scores, optimizer, seed=0)
-    step = make_train_step(module, "classification", pruning, optimizer)
+    step = make_train_step(module, "classification", pruning, optimizer,
+                           total_steps=r["total_steps"], warmup_steps=r["warmup_steps"])
     return pruning, state, step
 
 
@@ -249,9 +252,11 @@ def run(checkpoint, name):
     train_step = jit_train_step(step, mesh, state, BATCH, compiler_options=FAST)
     put = sharding.batch_sharding(mesh, BATCH, micro=True)
     # the masks mvp-jax's step uses, from its state (the step does not return them)
-    step_masks = jax.jit(lambda s: pruning.masks(
-        s.params, s.scores, pruning.threshold(s.step), mask_key(s.rng) if is_l0 else None,
-        train=True), compiler_options=FAST)
+    r = {**COMMON, **recipe}
+    step_masks = jax.jit(lambda s: masking.masks_of(
+        pruning, s.params, s.scores, pruning_threshold(
+            pruning, s.step, total_steps=r["total_steps"], warmup_steps=r["warmup_steps"]),
+        rng=mask_key(s.rng) if is_l0 else None, train=True), compiler_options=FAST)
 
     order = sorted(masking.prunable_paths(init_params))  # the global Top-v tie-break order
     t_scores = (None if scores_np is None
@@ -283,8 +288,8 @@ def run(checkpoint, name):
             "lock_after": {n: p.detach().numpy().copy()
                            for n, p in lock.model.named_parameters()},
         })
-    final = jax.device_get(jax.jit(pruning.final_masks, compiler_options=FAST)(state.params,
-                                                                             state.scores))
+    final = jax.device_get(jax.jit(partial(masking.final_masks, pruning),
+                                   compiler_options=FAST)(state.params, state.scores))
     load_state(lock, jax.device_get(state))
     # the compiled step stays in jit's cache: lowering it again with these arguments is free
     compiled = lambda: train_step.lower(state, sharding.put_batch(batch, put), None)  # noqa: E731

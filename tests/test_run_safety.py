@@ -59,13 +59,9 @@ def cli(*argv, env=None, timeout=600):
 
 
 def saved_params(run_dir):
-    import jax
+    from mvp_jax.rundir import read_checkpoint
 
-    from mvp_jax.evaluation import restore_run
-
-    _, _, _, state = restore_run(str(run_dir))
-    return jax.device_get({"step": state.step, "params": state.params, "scores": state.scores,
-                           "rng": state.rng})
+    return read_checkpoint(str(run_dir), ("step", "params", "scores", "rng"))
 
 
 def assert_trees_equal(a, b):
@@ -203,6 +199,36 @@ def test_a_corrupt_checkpoint_is_named(tmp_path, uninterrupted, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and str(ckpt) in lines[0] and "cannot be read" in lines[0], err
     assert not (tmp_path / "exp").exists()
+
+
+def test_a_run_is_read_back_without_its_optimizer(tmp_path, shared_data, tiny_model, capsys):
+    """A run without clipping (train.max_grad_norm=0) and with optax's adamw: restored from its
+    params and scores alone (orbax partial restore: no optimizer, no opt_state read), exported,
+    and its masks plotted from every checkpoint."""
+    from mvp_jax import plots
+    from mvp_jax.rundir import read_checkpoint, restore_run
+
+    out = tmp_path / "run"
+    assert main(run_args(tiny_model, shared_data, out, "--set", "train.max_steps=3",
+                         "--set", "train.max_grad_norm=0", "--set", "train.optimizer=adamw")) == 0
+    assert sorted(read_checkpoint(str(out))) == ["params", "scores", "step"]
+    run = restore_run(str(out))
+    assert run.step == 3 and run.cfg.train.max_grad_norm == 0 and run.scores
+    weights = plots.load_run_weights(out)
+    assert weights.step == 3 and weights.method == "topk"
+    assert weights.concat("masks").mean() == pytest.approx(0.5, abs=0.01)
+    steps, history = plots.mask_history(out)
+    assert steps == [2, 3]
+    for p in weights.paths:
+        np.testing.assert_array_equal(history[-1][p], weights.masks[p])
+    fig = plots.figure1([weights], max_points=500)
+    plots.save_figure(fig, str(tmp_path / "fig1.png"))
+    plots._plt().close(fig)
+    capsys.readouterr()
+    assert main(["export", str(out), "--output-dir", str(tmp_path / "exp")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["step"] == 3 and report["remaining_weights"] == pytest.approx(0.5, abs=0.01)
+    assert (tmp_path / "exp" / "model.safetensors").exists()
 
 
 # ----------------------------------------------------------------------------------------------

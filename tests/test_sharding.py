@@ -14,11 +14,14 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from transformers import BertConfig
 
-from mvp_jax import masking, sharding
+from mvp_jax import masking, sharding, tree
 from mvp_jax.models import build_module, init_params
 from mvp_jax.optim import make_optimizer
-from mvp_jax.train import (Pruning, init_state, jit_eval_step, jit_train_step, make_eval_step,
-                           make_train_step)
+from mvp_jax.config import PruneConfig
+from mvp_jax.evaluation import jit_eval_step, make_eval_step
+from mvp_jax.methods import get as get_method
+from mvp_jax.schedules import pruning_threshold
+from mvp_jax.train import init_state, jit_train_step, make_train_step
 
 ACCUM, BATCH, SEQ = 2, 8, 16
 # XLA's CPU backend at optimization level 0 compiles ~3x faster; every variant compared here is
@@ -59,11 +62,27 @@ def make_batch(seed=0, seq=SEQ, qa=False):
     return batch
 
 
+TOTAL_STEPS = 10
+
+
 def pruning_of(name, **extra):
-    kw = dict(initial_threshold=0.5, final_threshold=0.3, warmup_steps=0, total_steps=10)
+    kw = dict(initial_threshold=0.5, final_threshold=0.3)
     kw.update(METHODS[name])
     kw.update(extra)
-    return Pruning(**kw)
+    return PruneConfig(**kw)
+
+
+def threshold_at(pruning, step):
+    return pruning_threshold(pruning, step, total_steps=TOTAL_STEPS, warmup_steps=0)
+
+
+def masks_at(pruning, params, scores, threshold):
+    return masking.masks_of(pruning, params, scores, threshold, train=True)
+
+
+def selected(pruning, params, scores):
+    return get_method(pruning.method).selection(masking.prunable_weights(params),
+                                                tree.flatten(scores))
 
 
 def setup(name, head="classification", **extra):
@@ -76,7 +95,8 @@ def setup(name, head="classification", **extra):
     optimizer = make_optimizer(learning_rate=1e-3, total_steps=10, scores_learning_rate=1e-2,
                                freeze_embeddings=False)
     state = init_state(params, scores, optimizer, seed=0)
-    step = make_train_step(module, "qa" if head == "qa" else "classification", pruning, optimizer)
+    step = make_train_step(module, "qa" if head == "qa" else "classification", pruning, optimizer,
+                           total_steps=TOTAL_STEPS)
     return module, pruning, state, step
 
 
@@ -94,7 +114,7 @@ def run_steps(name, mesh_shape, n_steps=1, **extra):
     _, pruning, state, step = setup(name, **extra)
     mesh = mesh_of(mesh_shape)
     state = sharding.place(state, sharding.tree_shardings(state, mesh))
-    masks_fn = jax.jit(lambda s: pruning.masks(s.params, s.scores, 0.5, train=True),
+    masks_fn = jax.jit(lambda s: masks_at(pruning, s.params, s.scores, 0.5),
                        out_shardings=sharding.replicated(mesh), compiler_options=FAST)
     masks = host(masks_fn(state))
     train_step = jit_train_step(step, mesh, state, BATCH, compiler_options=FAST)
@@ -157,7 +177,7 @@ def test_scores_and_optimizer_moments_take_their_weights_layout():
     _, _, state, _ = setup("topk")
     mesh = mesh_of((2, 4))
     sh = sharding.tree_shardings(state, mesh)
-    flat = {sharding.path_str(p): s.spec for p, s in jax.tree_util.tree_leaves_with_path(sh)}
+    flat = {tree.path_str(p): s.spec for p, s in jax.tree_util.tree_leaves_with_path(sh)}
     suffix = "bert/encoder/layer/0/intermediate/dense/kernel"
     hits = {path: spec for path, spec in flat.items() if path.endswith(suffix)}
     # the weight, its score, and Adam's mu and nu of both
@@ -214,9 +234,9 @@ def test_global_topk_ties_are_cut_by_position_when_sharded():
     module = tiny_module()
     params = init_params(module, seed=0)
     scores = masking.init_scores(params, "constant", 0.0)
-    flat = masking._flat(scores)
+    flat = tree.flatten(scores)
     flat = {p: v.at[:3].set(1.0) for p, v in flat.items()}  # a few above, the rest tied
-    scores = masking._unflat(flat)
+    scores = tree.unflatten(flat)
     mesh = mesh_of((2, 4))
     placed = sharding.place(scores, sharding.tree_shardings(scores, mesh))
     fn = jax.jit(lambda s: masking.compute_masks(params, s, method="topk", threshold=0.37,
@@ -247,10 +267,10 @@ def test_cached_global_topk_value_sharded():
     pruning = one["pruning"]
     values = []
     for i, (before, m) in enumerate(zip(one["before"], one["metrics"])):
-        sel = pruning.selected(before["params"], before["scores"])
+        sel = selected(pruning, before["params"], before["scores"])
         flat = np.concatenate([np.ravel(v) for v in sel.values()])
         if i % 2 == 0:  # recomputed: the exact k-th largest score of this step
-            k = int(np.floor(np.float32(pruning.threshold(i)) * flat.size))
+            k = int(np.floor(np.float32(threshold_at(pruning, i)) * flat.size))
             assert m["topk_value"] == float(np.sort(flat)[-k])
         else:  # kept from the last recompute
             assert m["topk_value"] == values[-1]
@@ -310,7 +330,7 @@ def test_global_topk_step_gathers_no_score_matrix(mesh_shape, frequency):
     assert "all-reduce" in hlo  # the counts (and the gradients) are summed across devices
     smallest_score = min(int(np.size(v)) for v in jax.tree_util.tree_leaves(state.scores))
     score_shapes = {np.shape(v) for v in jax.tree_util.tree_leaves(state.scores)}
-    others = [np.shape(v) for p, v in masking._flat(state.params).items()
+    others = [np.shape(v) for p, v in tree.flatten(state.params).items()
               if p not in masking.prunable_paths(state.params)]
     assert smallest_score == 32 * 32 and not score_shapes & set(others)
     gathers = all_gather_shapes(hlo)
@@ -320,7 +340,7 @@ def test_global_topk_step_gathers_no_score_matrix(mesh_shape, frequency):
     # the selection alone: scalar all-reduces of counts; the only all-gathers are of small
     # vectors, in the tie split: ties per row (at most one number per row of all the score
     # matrices together, 224 here) and the one row it splits
-    masks_fn = jax.jit(lambda s: pruning.masks(s.params, s.scores, 0.5, train=True),
+    masks_fn = jax.jit(lambda s: masks_at(pruning, s.params, s.scores, 0.5),
                        compiler_options=FAST)
     hlo = masks_fn.lower(placed).compile().as_text()
     all_rows = sum(np.shape(v)[0] for v in jax.tree_util.tree_leaves(state.scores))

@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import optax
 
-from mvp_jax import masking
+from mvp_jax import masking, tree
 from mvp_jax.config import load_config
 from mvp_jax.runner import load_setup
 
@@ -32,10 +32,10 @@ raw = ocp.StandardCheckpointer().restore(os.path.abspath(os.path.join(run, "chec
 params, scores = raw["params"], raw["scores"]
 pre = setup.params
 paths = masking.prunable_paths(pre)
-fw0 = masking._flat(pre)
-fw = masking._flat(params)
-fs = masking._flat(scores)
-S0 = masking._flat(masking.init_scores(pre, "magnitude", scale))
+fw0 = tree.flatten(pre)
+fw = tree.flatten(params)
+fs = tree.flatten(scores)
+S0 = tree.flatten(masking.init_scores(pre, "magnitude", scale))
 move = {p: jnp.asarray(fs[p]) - S0[p] for p in paths}
 hyb = {p: jnp.asarray(fs[p]) for p in paths}
 mag = {p: jnp.abs(jnp.asarray(fw[p])) for p in paths}

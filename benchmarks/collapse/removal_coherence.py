@@ -7,11 +7,11 @@ first, R = W * (1 - M): its Frobenius and spectral norms, the share of the top s
 and its cosine with the fine-tuning displacement W - W0 (pruning moves W by -R).
 """
 import sys, numpy as np, orbax.checkpoint as ocp
-from mvp_jax import masking
+from mvp_jax import masking, tree
 from mvp_jax.models import load_pretrained
 raw = ocp.StandardCheckpointer().restore(sys.argv[1])
 pre = load_pretrained("minilm-l6", head="classification", num_labels=2).params
-fw0, fw, fs = masking._flat(pre), masking._flat(raw["params"]), masking._flat(raw["scores"])
+fw0, fw, fs = tree.flatten(pre), tree.flatten(raw["params"]), tree.flatten(raw["scores"])
 paths = masking.prunable_paths(pre)
 rng = np.random.default_rng(0)
 rows = []

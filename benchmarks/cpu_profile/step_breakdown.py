@@ -5,7 +5,7 @@ import jax, jax.numpy as jnp, optax
 from step_time import Variant, model_config, synthetic_batch
 from mvp_jax import masking, sharding as shd
 from mvp_jax.models import build_module, init_params
-from mvp_jax.train import Pruning
+from mvp_jax.config import PruneConfig
 from mvp_jax.optim import make_optimizer
 
 B, L = 32, int(sys.argv[1]) if len(sys.argv) > 1 else 24
@@ -31,12 +31,12 @@ out = {"seq": L}
 out["forward_eval_s"] = timeit(fwd, params); print("forward_eval_s", out["forward_eval_s"], flush=True)
 out["grad_all_params_dropout_s"] = timeit(g, params); print("grad_all_params_dropout_s", out["grad_all_params_dropout_s"], flush=True)
 out["grad_all_params_nodropout_s"] = timeit(g_nodrop, params); print("grad_all_params_nodropout_s", out["grad_all_params_nodropout_s"], flush=True)
-pr = Pruning(method="topk", initial_threshold=1.0, final_threshold=0.15, warmup_steps=0, total_steps=100)
+pr = PruneConfig(method="topk", initial_threshold=1.0, final_threshold=0.15)
 scores = masking.init_scores(params, "uniform", 0.01, rng=jax.random.PRNGKey(1))
-masks_f = jax.jit(lambda p, s: pr.final_masks(p, s))
+masks_f = jax.jit(lambda p, s: masking.final_masks(pr, p, s))
 out["topk_local_masks_s"] = timeit(masks_f, params, scores); print("topk_local_masks_s", out["topk_local_masks_s"], flush=True)
-prg = Pruning(method="topk", global_topk=True, initial_threshold=1.0, final_threshold=0.15, warmup_steps=0, total_steps=100)
-out["topk_global_masks_s"] = timeit(jax.jit(lambda p, s: prg.final_masks(p, s)), params, scores); print("topk_global_masks_s", out["topk_global_masks_s"], flush=True)
+prg = PruneConfig(method="topk", global_topk=True, initial_threshold=1.0, final_threshold=0.15)
+out["topk_global_masks_s"] = timeit(jax.jit(lambda p, s: masking.final_masks(prg, p, s)), params, scores); print("topk_global_masks_s", out["topk_global_masks_s"], flush=True)
 opt = make_optimizer(learning_rate=3e-5, total_steps=100)
 tree = {"params": params, "scores": scores}
 st = opt.tx.init(tree)

@@ -36,13 +36,13 @@ import datasets
 import pyarrow as pa
 from datasets.exceptions import DatasetGenerationError
 
+from mvp_jax.task_names import KINDS
+
 from .tasks import DataError, Source, TaskSpec
 
 __all__ = ["FORMATS", "KINDS", "custom_task", "task_from_config", "is_own_data", "read_data_file",
            "read_hub_split", "read_source_split", "normalize_split", "label_names_of",
            "sort_labels", "file_format"]
-
-KINDS = ("classification", "regression", "qa")
 
 # extension -> (datasets packaged builder, its options, name in messages)
 FORMATS: dict[str, tuple[str, dict[str, Any], str]] = {

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Literal
 
 from mvp_jax.errors import UserError
+from mvp_jax.task_names import canonical_task
 
 __all__ = ["DataError", "Source", "TaskSpec", "TASKS", "get_task"]
 
@@ -115,18 +115,9 @@ TASKS: dict[str, TaskSpec] = {
 
 SQUAD_DEV_SPLIT_TRAIN_ARTICLES = 38
 
-_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "squad_v1.1": "squad", "squad1.1": "squad",
-            "squad-v1.1": "squad", "squad_v1": "squad", "squad-dev-split": "squad_dev_split"}
-
 
 def get_task(name: str | TaskSpec) -> TaskSpec:
     """Look a task up by name (case-insensitive; "SST-2", "STS-B" also accepted)."""
     if isinstance(name, TaskSpec):
         return name
-    key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key in TASKS:
-        return TASKS[key]
-    close = difflib.get_close_matches(key, list(TASKS) + list(_ALIASES), n=1, cutoff=0.5)
-    hint = f" Did you mean {_ALIASES.get(close[0], close[0])!r}?" if close else ""
-    raise DataError(f"unknown task {name!r}.{hint} Choices: {', '.join(sorted(TASKS))}.")
+    return TASKS[canonical_task(name, DataError)]

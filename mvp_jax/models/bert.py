@@ -5,6 +5,14 @@ The parameter tree is exactly that of ``FlaxBertForSequenceClassification`` (``b
 ``qa_outputs``); ``head=None`` keeps the same ``bert/...`` prefix. Kernels are ``(in, out)``, the
 transpose of PyTorch's ``nn.Linear.weight``. Nothing here knows about pruning.
 
+Per-layer sizes (a compact model whose pruned heads and FFN neurons were removed,
+``mvp_jax.compact``): the config keys ``layer_num_heads`` and ``layer_intermediate_sizes`` (one
+entry per layer; absent = ``num_attention_heads`` / ``intermediate_size`` everywhere) give layer
+``i`` its head count ``n_i`` and FFN width. The head size stays ``d = hidden_size /
+num_attention_heads``, so Q, K, V kernels are ``(hidden, n_i d)`` and the attention output kernel
+``(n_i d, hidden)``. A layer with 0 heads (or 0 neurons) has zero-size kernels; its block adds only
+its output-dense bias before the residual LayerNorm, as a dense layer with every unit masked does.
+
 Layer math (post-LayerNorm BERT, Devlin et al. 2019), with ``d = hidden_size / heads``::
 
     h0   = LN(E_word[ids] + E_pos[0..L) + E_type[tt])
@@ -62,12 +70,32 @@ class BertSpec:
     classifier_dropout: float | None = None
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
+    layer_num_heads: tuple[int, ...] | None = None
+    layer_intermediate_sizes: tuple[int, ...] | None = None
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def heads(self, layer: int) -> int:
+        """Attention heads of ``layer`` (``num_attention_heads`` unless per-layer)."""
+        per_layer = self.layer_num_heads
+        return self.num_attention_heads if per_layer is None else per_layer[layer]
+
+    def intermediate(self, layer: int) -> int:
+        """FFN width of ``layer`` (``intermediate_size`` unless per-layer)."""
+        per_layer = self.layer_intermediate_sizes
+        return self.intermediate_size if per_layer is None else per_layer[layer]
 
     @classmethod
     def from_config(cls, config: Any) -> "BertSpec":
         """From a ``transformers.BertConfig`` (or anything with those attributes)."""
         names = [f.name for f in dataclasses.fields(cls)]
-        spec = cls(**{n: getattr(config, n) for n in names if hasattr(config, n)})
+        values = {n: getattr(config, n) for n in names if getattr(config, n, None) is not None}
+        for key in ("layer_num_heads", "layer_intermediate_sizes"):
+            if key in values:
+                values[key] = _per_layer(key, values[key], values["num_hidden_layers"])
+        spec = cls(**values)
         if spec.hidden_act not in ACTIVATIONS:
             raise UserError(
                 f"unsupported hidden_act {spec.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}"
@@ -78,6 +106,19 @@ class BertSpec:
                 f"num_attention_heads={spec.num_attention_heads}"
             )
         return spec
+
+
+def _per_layer(key: str, sizes: Any, layers: int) -> tuple[int, ...]:
+    """``sizes`` as a tuple of ``layers`` non-negative ints, else ``UserError``."""
+    try:
+        out = tuple(int(n) for n in sizes)
+        valid = len(out) == layers and all(n >= 0 and n == m for n, m in zip(out, sizes))
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise UserError(f"config {key}={sizes!r}: expected {layers} non-negative integers, one per "
+                        "layer")
+    return out
 
 
 def _dense(spec: BertSpec, features: int, dtype, name: str) -> nn.Dense:
@@ -120,14 +161,16 @@ class BertEmbeddings(nn.Module):
 class BertSelfAttention(nn.Module):
     spec: BertSpec
     dtype: Any = jnp.float32
+    num_heads: int | None = None  # None: spec.num_attention_heads
 
     @nn.compact
     def __call__(self, h, mask_bias, deterministic: bool):
         s = self.spec
-        heads, d = s.num_attention_heads, s.hidden_size // s.num_attention_heads
+        heads = s.num_attention_heads if self.num_heads is None else self.num_heads
+        d = s.head_size
 
         def project(name):
-            x = _dense(s, s.hidden_size, self.dtype, name)(h)
+            x = _dense(s, heads * d, self.dtype, name)(h)
             return x.reshape(x.shape[:2] + (heads, d))
 
         q, k, v = project("query"), project("key"), project("value")
@@ -135,15 +178,16 @@ class BertSelfAttention(nn.Module):
         probs = jax.nn.softmax(logits.astype(jnp.float32) + mask_bias, axis=-1).astype(self.dtype)
         probs = nn.Dropout(s.attention_probs_dropout_prob)(probs, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        return out.reshape(out.shape[:2] + (s.hidden_size,))
+        return out.reshape(out.shape[:2] + (heads * d,))
 
 
 class BertAttention(nn.Module):
     spec: BertSpec
     dtype: Any = jnp.float32
+    num_heads: int | None = None
 
     def setup(self):
-        self.self = BertSelfAttention(self.spec, self.dtype)
+        self.self = BertSelfAttention(self.spec, self.dtype, self.num_heads)
         self.output = _SubOutput(self.spec, self.dtype)
 
     def __call__(self, h, mask_bias, deterministic: bool):
@@ -166,20 +210,24 @@ class _SubOutput(nn.Module):
 class BertIntermediate(nn.Module):
     spec: BertSpec
     dtype: Any = jnp.float32
+    size: int | None = None  # None: spec.intermediate_size
 
     @nn.compact
     def __call__(self, h):
-        h = _dense(self.spec, self.spec.intermediate_size, self.dtype, "dense")(h)
+        size = self.spec.intermediate_size if self.size is None else self.size
+        h = _dense(self.spec, size, self.dtype, "dense")(h)
         return ACTIVATIONS[self.spec.hidden_act](h)
 
 
 class BertLayer(nn.Module):
     spec: BertSpec
     dtype: Any = jnp.float32
+    index: int = 0  # which layer: its per-layer head count and FFN width
 
     def setup(self):
-        self.attention = BertAttention(self.spec, self.dtype)
-        self.intermediate = BertIntermediate(self.spec, self.dtype)
+        s, i = self.spec, self.index
+        self.attention = BertAttention(s, self.dtype, s.heads(i))
+        self.intermediate = BertIntermediate(s, self.dtype, s.intermediate(i))
         self.output = _SubOutput(self.spec, self.dtype)
 
     def __call__(self, h, mask_bias, deterministic: bool):
@@ -195,7 +243,7 @@ class BertLayerCollection(nn.Module):
     def __call__(self, h, mask_bias, deterministic: bool):
         hidden = [h]
         for i in range(self.spec.num_hidden_layers):
-            h = BertLayer(self.spec, self.dtype, name=str(i))(h, mask_bias, deterministic)
+            h = BertLayer(self.spec, self.dtype, i, name=str(i))(h, mask_bias, deterministic)
             hidden.append(h)
         return hidden
 

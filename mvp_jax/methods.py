@@ -1,0 +1,208 @@
+"""Pruning methods: one frozen dataclass per method, and a registry by name.
+
+A method says what it is (class attributes, read by config validation, the train step, plots
+and the sweep) and how it masks (pure functions of flat ``{path: array}`` dicts of the prunable
+weights and their scores). Importing this module imports no JAX; the mask functions import
+:mod:`mvp_jax.masking` when called. Adding a method is one class plus one registry line::
+
+    @dataclass(frozen=True)
+    class Random(TopV):
+        name = "random"
+        def selection(self, weights, scores):            # what Top-v ranks
+            return {p: random_scores(w, p) for p, w in weights.items()}
+
+``prune.initial_threshold`` / ``final_threshold`` mean what ``Method.threshold`` says:
+``fraction`` (the fraction ``v`` of weights kept, Top-v), ``sigmoid`` (``tau`` of
+``1[sigmoid(S) > tau]``), ``lambda_scale`` (L0: only scales ``lambda``) or ``none``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from mvp_jax.errors import UserError
+
+Flat = dict  # {path: array}
+# What one score (and one mask entry) stands for: a weight, an attention head (its Q, K, V
+# columns and attention-output rows), an FFN neuron (its FFN-in column and FFN-out row), or heads
+# in attention and neurons in the FFN (mvp_jax.structured).
+GRANULARITIES = ("weight", "head", "neuron", "hybrid")
+
+
+@dataclass(frozen=True)
+class Method:
+    """No pruning (dense fine-tuning): no scores, no masks, no penalty."""
+
+    name: ClassVar[str] = "none"
+    label: ClassVar[str] = "No pruning"
+    learns_scores: ClassVar[bool] = False  # trainable importance scores S, one per weight
+    per_micro_batch: ClassVar[bool] = False  # a fresh (random) mask for every micro-batch
+    threshold: ClassVar[str] = "none"  # fraction | sigmoid | lambda_scale | none (see above)
+    regularization: ClassVar[str | None] = None  # the penalty it needs (prune.regularization)
+    global_selection: ClassVar[bool] = False  # one Top-v over all matrices (prune.global_topk)
+    granularities: ClassVar[tuple[str, ...]] = ("weight",)  # prune.granularity values it takes
+
+    @property
+    def prunes(self) -> bool:
+        return self.threshold != "none"
+
+    def masks(self, weights: Flat, scores: Flat, threshold, *, rng=None, train: bool = True,
+              global_topk: bool = False) -> Flat:
+        """``{path: M}`` for the prunable ``weights`` (their ``scores`` when learned)."""
+        return {}
+
+    def penalty(self, scores: Flat):
+        """``R(S)``, added to the loss as ``lambda * R(S)``."""
+        return 0.0
+
+
+@dataclass(frozen=True)
+class TopV(Method):
+    """Top-v of a selection: ``M = Top_v(selection)`` per matrix, or over all matrices together
+    (``global_topk``). The selection is learned (straight-through, Eq. 2) or fixed."""
+
+    threshold: ClassVar[str] = "fraction"
+    global_selection: ClassVar[bool] = True
+    granularities: ClassVar[tuple[str, ...]] = GRANULARITIES
+
+    def selection(self, weights: Flat, scores: Flat) -> Flat:
+        """What Top-v ranks, per path."""
+        raise NotImplementedError
+
+    def masks(self, weights, scores, threshold, *, rng=None, train=True, global_topk=False):
+        import jax
+
+        from mvp_jax.masking import topk_mask
+
+        selected = self.selection(weights, scores)
+        if global_topk:
+            masks = topk_mask(selected, threshold)
+        else:
+            masks = {p: topk_mask(s, threshold) for p, s in selected.items()}
+        return masks if self.learns_scores else jax.lax.stop_gradient(masks)
+
+
+@dataclass(frozen=True)
+class Magnitude(TopV):
+    """Magnitude pruning: ``M = Top_v(|W|)``, no gradient through the mask."""
+
+    name: ClassVar[str] = "magnitude"
+    label: ClassVar[str] = "Magnitude pruning"
+
+    def selection(self, weights, scores):
+        import jax
+        import jax.numpy as jnp
+
+        return {p: jnp.abs(jax.lax.stop_gradient(w)) for p, w in weights.items()}
+
+
+@dataclass(frozen=True)
+class Movement(TopV):
+    """Movement pruning: ``M = Top_v(S)`` of learned scores, straight-through ``dL/dS = dL/dM``."""
+
+    name: ClassVar[str] = "topk"
+    label: ClassVar[str] = "Movement pruning"
+    learns_scores: ClassVar[bool] = True
+
+    def selection(self, weights, scores):
+        return {p: scores[p] for p in weights}
+
+
+@dataclass(frozen=True)
+class Random(TopV):
+    """The control: ``M = Top_v(U)`` of fixed pseudo-random scores (``masking.random_scores``),
+    a mask that knows nothing of the weights or the task."""
+
+    name: ClassVar[str] = "random"
+    label: ClassVar[str] = "Random pruning (control)"
+
+    def selection(self, weights, scores):
+        from mvp_jax.masking import random_scores
+
+        return {p: random_scores(w, p) for p, w in weights.items()}
+
+
+@dataclass(frozen=True)
+class SoftMovement(Method):
+    """Soft movement pruning: ``M = 1[sigmoid(S) > tau]`` (straight-through), penalty
+    ``R(S) = mean sigmoid(S)`` (L1 of the sigmoid)."""
+
+    name: ClassVar[str] = "sigmoied_threshold"
+    label: ClassVar[str] = "Soft movement pruning"
+    learns_scores: ClassVar[bool] = True
+    threshold: ClassVar[str] = "sigmoid"
+    regularization: ClassVar[str | None] = "l1"
+    granularities: ClassVar[tuple[str, ...]] = GRANULARITIES
+
+    def masks(self, weights, scores, threshold, *, rng=None, train=True, global_topk=False):
+        from mvp_jax.masking import threshold_mask
+
+        return {p: threshold_mask(scores[p], threshold, sigmoid=True) for p in weights}
+
+    def penalty(self, scores):
+        from mvp_jax.regularizers import l1_sigmoid
+
+        return l1_sigmoid(scores)
+
+
+@dataclass(frozen=True)
+class L0(Method):
+    """L0 regularization: hard-concrete masks (a fresh sample per micro-batch in training, the
+    deterministic mask in evaluation), penalty the expected L0 (Louizos et al. 2017)."""
+
+    name: ClassVar[str] = "l0"
+    label: ClassVar[str] = "L0 regularization"
+    learns_scores: ClassVar[bool] = True
+    per_micro_batch: ClassVar[bool] = True
+    threshold: ClassVar[str] = "lambda_scale"
+    regularization: ClassVar[str | None] = "l0"
+    granularities: ClassVar[tuple[str, ...]] = GRANULARITIES
+
+    def masks(self, weights, scores, threshold, *, rng=None, train=True, global_topk=False):
+        import jax
+
+        from mvp_jax.masking import hard_concrete_mask
+
+        if train and rng is None:
+            raise ValueError("l0 masks: a PRNG key is required when train=True")
+        keys = jax.random.split(rng, len(weights)) if train else [None] * len(weights)
+        return {p: hard_concrete_mask(scores[p], key, train) for p, key in zip(weights, keys)}
+
+    def penalty(self, scores):
+        from mvp_jax.regularizers import expected_l0
+
+        return expected_l0(scores)
+
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method(), Magnitude(), Movement(), SoftMovement(), L0(), Random(),
+)}
+NAMES = tuple(REGISTRY)
+# Methods are named as in the paper's code; these plain names only make "did you mean" hints.
+PLAIN_NAMES = {"dense": "none", "movement": "topk", "soft_movement": "sigmoied_threshold"}
+
+
+def suggest(name: str) -> str | None:
+    """The registered name closest to ``name`` (or the one its plain name stands for)."""
+    if name in PLAIN_NAMES:
+        return PLAIN_NAMES[name]
+    close = difflib.get_close_matches(str(name), list(REGISTRY), n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def get(method: str | Method) -> Method:
+    """The method registered as ``method``; a ``Method`` is returned as is."""
+    if isinstance(method, Method):
+        return method
+    if method not in REGISTRY:
+        guess = suggest(method)
+        hint = f"; did you mean '{guess}'?" if guess else ""
+        raise UserError(f"unknown pruning method {method!r}{hint} "
+                        f"(choices: {', '.join(REGISTRY)})")
+    return REGISTRY[method]
+
+
+def learns_scores(method: str | Any) -> bool:
+    return get(method).learns_scores
