@@ -3,7 +3,6 @@ the evaluation of a model directory on a task."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -13,10 +12,6 @@ import numpy as np
 from mvp_jax import masking
 from mvp_jax import sharding as shd
 from mvp_jax.train import model_heads, model_inputs
-
-
-def head_for(spec) -> str:
-    return "qa" if spec.kind == "qa" else "classification"
 
 
 def model_labels(model_dir: str) -> tuple[str, ...] | None:
@@ -86,7 +81,7 @@ def evaluate_model_dir(model_dir: str, task, *, data_dir=None, max_eval_samples=
         max_seq_length = max_seq_length or task.max_seq_length
     else:
         spec = data.get_task(task)
-    pre = load_pretrained(model_dir, head=head_for(spec), num_labels=spec.num_labels)
+    pre = load_pretrained(model_dir, head=spec.head, num_labels=spec.num_labels)
     task_data = data.load_task(spec, load_tokenizer(pre.path), data_dir=data_dir,
                                max_seq_length=max_seq_length, max_eval_samples=max_eval_samples,
                                with_train=False)

@@ -232,21 +232,21 @@ def export_run(run_dir: str, output_dir: str, *, compressed: str | None = None,
     with ``compressed``, as a compressed file); returns a JSON-ready report."""
     from mvp_jax import compressed as packed
     from mvp_jax import data, rundir
-    from mvp_jax.evaluation import head_for
 
     if compressed:  # before the work: refused now rather than after the export
         packed.check_replaceable(os.path.abspath(compressed), overwrite)
     run = rundir.restore_run(run_dir)
     prune, spec, pre = run.cfg.prune, data.task_from_config(run.cfg.task), run.pretrained
-    masks = masking.final_masks(prune, run.params, run.scores)
+    masks = masking.final_masks(prune, run.params, run.scores,
+                                num_heads=run.pretrained.config.num_attention_heads)
     masked = jax.device_get(masking.multiply_masks(run.params, masks))
-    export_hf(output_dir, masked, pre.config, head_for(spec), tokenizer_path=pre.path,
+    export_hf(output_dir, masked, pre.config, spec.head, tokenizer_path=pre.path,
               num_labels=spec.num_labels, overwrite=overwrite,
               label_names=spec.label_names or None)
     counts = count_remaining(masked, masking.patterns_of(prune))
     report = {"export": output_dir, "step": run.step, "remaining_weights": counts["fraction"]}
     if compressed:
-        packed.save_compressed(compressed, masked, pre.config, head_for(spec), overwrite=overwrite)
+        packed.save_compressed(compressed, masked, pre.config, spec.head, overwrite=overwrite)
         report["compressed"] = packed.compression_report(compressed)
     return report
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from mvp_jax.errors import UserError
+from mvp_jax.tree import path_str
 
 NO_DECAY = (r"(^|/)bias$", r"LayerNorm/")
 FROZEN = (r"(^|/)embeddings/",)
@@ -126,10 +127,6 @@ def reference_adamw(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: 
 # ----------------------------------------------------------------------------------------------
 
 
-def _path(keys) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
-
-
 def param_labels(tree: Any, no_decay: Iterable[str] = NO_DECAY, frozen: Iterable[str] = FROZEN):
     """Group label of every leaf of ``{"params", "scores"}``: decay | no_decay | scores | frozen.
 
@@ -138,7 +135,7 @@ def param_labels(tree: Any, no_decay: Iterable[str] = NO_DECAY, frozen: Iterable
     frozen = [re.compile(p) for p in frozen]
 
     def label(keys, _):
-        path = _path(keys)
+        path = path_str(keys)
         if path.startswith("scores/"):
             return "scores"
         if any(r.search(path) for r in frozen):

@@ -94,14 +94,14 @@ class RunWeights:
         return np.concatenate([np.ravel(tree[p]) for p in (paths or self.paths)])
 
 
-def _final_masks_fn(prune):
+def _final_masks_fn(prune, num_heads: int | None = None):
     """``(params, scores) -> {path: bool array}``: the final masks of a run's ``prune`` config
     section, in one compiled program."""
     import jax
 
     from mvp_jax import masking
 
-    compiled = jax.jit(functools.partial(masking.final_masks, prune))
+    compiled = jax.jit(functools.partial(masking.final_masks, prune, num_heads=num_heads))
 
     def final_masks(params, scores):
         return {p: np.asarray(m) > 0 for p, m in jax.device_get(compiled(params, scores)).items()}
@@ -113,16 +113,20 @@ def load_run_weights(run_dir: str) -> RunWeights:
     """Pretrained and fine-pruned values, final masks and scores of a run's latest checkpoint."""
     import jax
 
-    from mvp_jax import tree
+    from mvp_jax import structured, tree
 
     run = rundir.restore_run(os.fspath(run_dir))
     method = methods.get(run.cfg.prune.method)
-    masks = _final_masks_fn(run.cfg.prune)(run.params, run.scores)
+    masks = _final_masks_fn(run.cfg.prune, run.pretrained.config.num_attention_heads)(
+        run.params, run.scores)
     flat_pre = tree.flatten(jax.device_get(run.pretrained.params))
     flat_fin = tree.flatten(run.params)
-    # what the masks were selected from: the learned scores, or |W|
-    flat_scores = tree.flatten(run.scores) if method.learns_scores else {
-        p: np.abs(flat_fin[p]) for p in masks}
+    # what the masks were selected from: the learned scores (a unit's score for each of its
+    # weights), or |W|
+    learned = tree.flatten(run.scores) if method.learns_scores else {}
+    if learned and run.cfg.prune.granularity != "weight":
+        learned = structured.expand(learned, run.params)
+    flat_scores = {p: learned.get(p, np.abs(flat_fin[p])) for p in masks}
     return RunWeights(
         run_dir=os.fspath(run_dir), method=method.name, step=run.step,
         keep=float(run.cfg.prune.final_threshold),
@@ -151,7 +155,10 @@ def mask_history(run_dir: str, steps: Sequence[int] | None = None
     if missing:
         raise MissingFileError(f"{run_dir}: no checkpoint for steps {missing}; "
                                 f"available: {available}")
-    final_masks = _final_masks_fn(rundir.load_run_config(run_dir).prune)
+    from mvp_jax.models import load_config as load_model_config
+
+    cfg = rundir.load_run_config(run_dir)
+    final_masks = _final_masks_fn(cfg.prune, load_model_config(cfg.model.name).num_attention_heads)
     history = []
     for step in steps:
         saved = rundir.read_checkpoint(run_dir, ("params", "scores"), step)

@@ -240,7 +240,7 @@ def restore_run(run_dir: str) -> RestoredRun:
     cfg = load_run_config(run_dir)
     saved = read_checkpoint(run_dir)
     spec = data.task_from_config(cfg.task)
-    pre = load_pretrained(cfg.model.name, head="qa" if spec.kind == "qa" else "classification",
+    pre = load_pretrained(cfg.model.name, head=spec.head,
                           num_labels=spec.num_labels)
     return RestoredRun(cfg=cfg, pretrained=pre, step=int(saved["step"]), params=saved["params"],
                        scores=saved.get("scores") or {})

@@ -115,7 +115,7 @@ def load_setup(cfg) -> Setup:
     spec = data.task_from_config(cfg.task)
     if spec.source is not None and spec.label_names and cfg.task.labels is None:
         cfg = cfg.replace(task=cfg.task.replace(labels=spec.label_names))
-    head = "qa" if spec.kind == "qa" else "classification"
+    head = spec.head
     max_len = cfg.task.max_seq_length or spec.max_seq_length
     buckets = None
     if cfg.data.bucket_lengths is not None:  # checked here against the task's default length

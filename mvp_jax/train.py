@@ -277,7 +277,7 @@ def init_state(params, scores, optimizer: Optimizer, seed: int,
 def jit_train_step(train_step: Callable, mesh, state: TrainState, batch_size: int,
                    teacher_params=None, compiler_options: dict | None = None) -> Callable:
     """``train_step`` compiled for ``mesh``: the state (donated) and the teacher in the layout of
-    ``sharding.PARTITION_RULES``, batches ``[accum, B, ...]`` split on ``"data"`` along B,
+    ``models.layout.PARTITION_RULES``, batches ``[accum, B, ...]`` split on ``"data"`` along B,
     metrics replicated. ``state``/``teacher_params`` only give the structure (arrays or
     ``jax.ShapeDtypeStruct``s); ``compiler_options`` go to ``jax.jit`` (XLA debug options)."""
     state_sh = shd.tree_shardings(state, mesh)

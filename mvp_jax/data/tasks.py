@@ -61,6 +61,12 @@ class TaskSpec:
     def splits(self) -> tuple[str, ...]:
         return ("train",) + self.eval_splits
 
+    @property
+    def head(self) -> str:
+        """The model head the task needs: ``qa`` (start/end logits) or ``classification``
+        (``num_labels`` outputs; one for regression)."""
+        return "qa" if self.kind == "qa" else "classification"
+
     def local_file(self, split: str) -> str:
         return dict(self.local_files)[split]
 
@@ -74,6 +80,16 @@ def _glue(name, local_dir, kind, text_keys, label_names, main, metrics, eval_spl
         hub_config=name, local_dir=local_dir, local_files=tuple(files.items()),
         text_keys=text_keys, label_names=label_names, max_seq_length=128)
 
+
+
+def _squad(name: str, train_file: str) -> TaskSpec:
+    """SQuAD v1.1 (hub: rajpurkar/squad; local: squad_v1.1/), training on ``train_file``."""
+    return TaskSpec(
+        name=name, kind="qa", num_labels=2, eval_splits=("validation",),
+        main_metric="f1", metrics=("exact_match", "f1"), hub_path="rajpurkar/squad",
+        hub_config=None, local_dir="squad_v1.1",
+        local_files=(("train", train_file), ("validation", "dev-v1.1.json")),
+        text_keys=("question", "context"), label_key="answers", max_seq_length=384)
 
 TASKS: dict[str, TaskSpec] = {
     "cola": _glue("cola", "CoLA", "classification", ("sentence",), ("unacceptable", "acceptable"),
@@ -97,20 +113,10 @@ TASKS: dict[str, TaskSpec] = {
                  ("entailment", "not_entailment"), "accuracy", ("accuracy",)),
     "wnli": _glue("wnli", "WNLI", "classification", ("sentence1", "sentence2"),
                   ("not_entailment", "entailment"), "accuracy", ("accuracy",)),
-    "squad": TaskSpec(
-        name="squad", kind="qa", num_labels=2, eval_splits=("validation",),
-        main_metric="f1", metrics=("exact_match", "f1"), hub_path="rajpurkar/squad",
-        hub_config=None, local_dir="squad_v1.1",
-        local_files=(("train", "train-v1.1.json"), ("validation", "dev-v1.1.json")),
-        text_keys=("question", "context"), label_key="answers", max_seq_length=384),
+    "squad": _squad("squad", "train-v1.1.json"),
     # Lab-scale only: SQuAD v1.1 *dev* split by article (first 38 train, last 10 eval).
     # Report results as "SQuAD-dev split", never as SQuAD.
-    "squad_dev_split": TaskSpec(
-        name="squad_dev_split", kind="qa", num_labels=2, eval_splits=("validation",),
-        main_metric="f1", metrics=("exact_match", "f1"), hub_path="rajpurkar/squad",
-        hub_config=None, local_dir="squad_v1.1",
-        local_files=(("train", "dev-v1.1.json"), ("validation", "dev-v1.1.json")),
-        text_keys=("question", "context"), label_key="answers", max_seq_length=384),
+    "squad_dev_split": _squad("squad_dev_split", "dev-v1.1.json"),
 }
 
 SQUAD_DEV_SPLIT_TRAIN_ARTICLES = 38
