@@ -41,15 +41,15 @@ def model_of(run: Path) -> Path:
 def describe(run: Path) -> dict:
     """Accuracy, remaining weights and encoder sizes of a run."""
     from mvp_jax.compact import layer_sizes
-    from mvp_jax.models import load_config
+    from mvp_jax.config import load_config
+    from mvp_jax.models import load_config as load_model_config
 
     results = json.loads((run / "eval_results.json").read_text())
-    heads, sizes = layer_sizes(load_config(str(model_of(run))))
-    cfg = (run / "config.yaml").read_text()
-    granularity = next((line.split(":")[1].strip() for line in cfg.splitlines()
-                        if line.strip().startswith("granularity:")), "weight")
+    heads, sizes = layer_sizes(load_model_config(str(model_of(run))))
+    cfg = load_config(str(run / "config.yaml"))
     return {"run": str(run), "model": str(model_of(run)), "method": results["method"],
-            "granularity": granularity, "accuracy": results["metrics"]["validation"]["accuracy"],
+            "granularity": cfg.prune.granularity, "distilled": cfg.distill.teacher is not None,
+            "accuracy": results["metrics"]["validation"]["accuracy"],
             "remaining_weights": results["remaining_weights"], "heads_per_layer": heads,
             "ffn_sizes": sizes}
 
@@ -66,12 +66,18 @@ def plot(rows: list[dict], batch: int, path: str) -> None:
     ax.axhline(100 * dense["accuracy"] - 3, color="tab:red", ls=":", lw=1,
                label="dense - 3 points")
     ax.axvline(2.0, color="tab:red", ls=":", lw=1)
-    xs = [r[f"speedup_b{batch}"] for r in rows[1:]]
-    ys = [100 * r["accuracy"] for r in rows[1:]]
-    ax.plot(xs, ys, "o-", color="tab:blue", label="hybrid movement (heads + neurons)")
-    for r, x, y in zip(rows[1:], xs, ys):
-        ax.annotate(f"{100 * r['remaining_weights']:.0f}% weights", (x, y),
-                    textcoords="offset points", xytext=(5, 5), fontsize=8)
+    for distilled, color, label in ((False, "tab:blue", "hybrid movement (heads + neurons)"),
+                                    (True, "tab:green", "the same, distilled from dense")):
+        series = sorted((r for r in rows[1:] if r["distilled"] == distilled),
+                        key=lambda r: r[f"speedup_b{batch}"])
+        if not series:
+            continue
+        xs = [r[f"speedup_b{batch}"] for r in series]
+        ys = [100 * r["accuracy"] for r in series]
+        ax.plot(xs, ys, "o-", color=color, label=label)
+        for r, x, y in zip(series, xs, ys):
+            ax.annotate(f"{100 * r['remaining_weights']:.0f}% weights", (x, y),
+                        textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.plot([1.0], [100 * dense["accuracy"]], "s", color="0.3")
     ax.set_xlabel(f"inference speed-up over dense (batch {batch}, CPU, same runtime)")
     ax.set_ylabel("SST-2 dev accuracy (%)")

@@ -485,12 +485,9 @@ def test_granularity_default_and_choices():
 
 
 def test_granularity_the_method_does_not_support():
-    if "head" in methods.get("sigmoied_threshold").granularities:
-        pytest.skip("sigmoied_threshold prunes heads now")
     with pytest.raises(ConfigError, match=r"^prune\.granularity head does not apply to method "
-                                          r"sigmoied_threshold \(it supports: weight\)$") as e:
-        load_config(None, ["prune.method=sigmoied_threshold", "prune.initial_threshold=0",
-                           "prune.granularity=head"])
+                                          r"none \(it supports: weight\)$") as e:
+        load_config(None, ["prune.method=none", "prune.granularity=head"])
     assert "\n" not in str(e.value)
     for name in methods.NAMES:  # what a method supports loads
         for g in methods.get(name).granularities:
@@ -500,7 +497,7 @@ def test_granularity_the_method_does_not_support():
 
 
 def test_method_alias_is_named_in_the_message():
-    for alias, name in methods.ALIASES.items():
+    for alias, name in methods.PLAIN_NAMES.items():
         with pytest.raises(ConfigError, match=rf"^unknown prune\.method '{alias}'; did you mean "
                                               rf"'{name}'\? \(choices: none, magnitude"):
             load_config(None, [f"prune.method={alias}"])

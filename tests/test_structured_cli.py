@@ -72,7 +72,9 @@ def test_hybrid_run_writes_a_compact_model_that_evaluate_and_predict_read(
                                   r"neuron, hybrid"),
     (["prune.granularity=head", "prune.mask_init=kaiming"], r"prune\.mask_init kaiming applies "
                                                             r"to weight scores"),
-], ids=["unknown", "kaiming-units"])
+    (["prune.method=none", "prune.granularity=neuron"], r"prune\.granularity neuron does not "
+                                                        r"apply to method none"),
+], ids=["unknown", "kaiming-units", "dense-has-no-units"])
 def test_bad_granularity_is_one_line_exit_2(overrides, message, tmp_path, tiny_model, capsys):
     rows = reviews(16)
     train = write(tmp_path / "train.csv", rows)
