@@ -156,9 +156,11 @@ def mask_history(run_dir: str, steps: Sequence[int] | None = None
         raise MissingFileError(f"{run_dir}: no checkpoint for steps {missing}; "
                                 f"available: {available}")
     from mvp_jax.models import load_config as load_model_config
+    from mvp_jax.models import resolve_model_path
 
     cfg = rundir.load_run_config(run_dir)
-    final_masks = _final_masks_fn(cfg.prune, load_model_config(cfg.model.name).num_attention_heads)
+    heads = load_model_config(resolve_model_path(cfg.model.name)).num_attention_heads
+    final_masks = _final_masks_fn(cfg.prune, heads)
     history = []
     for step in steps:
         saved = rundir.read_checkpoint(run_dir, ("params", "scores"), step)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,6 +66,23 @@ def test_hybrid_run_writes_a_compact_model_that_evaluate_and_predict_read(
                                    atol=1e-5)
     code, out, err = run_cli(capsys, "predict", run / "compact", "--text", texts[0])
     assert code == 0, err
+
+    # the speed benchmark reads the run (its compact model, accuracy and sizes) and plots
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import structured_speed
+
+    out_json, out_png = tmp_path / "speed.json", tmp_path / "curve.png"
+    assert structured_speed.main([str(run), str(run), "--n", "8", "--rounds", "1",
+                                  "--batch-sizes", "4", "--json", str(out_json),
+                                  "--plot", str(out_png)]) == 0
+    bench = json.loads(out_json.read_text())
+    row = bench["models"][1]
+    assert row["model"] == str(run / "compact") and row["granularity"] == "hybrid"
+    assert row["accuracy"] == results["metrics"]["validation"]["accuracy"]
+    assert row["heads_per_layer"] == heads and row["ffn_sizes"] == sizes
+    assert len(row["examples_per_s_b4"]) == 1 and row["examples_per_s_b4"][0] > 0
+    assert out_png.stat().st_size > 0
 
 
 @pytest.mark.parametrize("overrides,message", [
