@@ -12,8 +12,9 @@ and FFN widths.
 
     python benchmarks/structured_speed.py runs/reproduce_cpu_lab/sst2/dense_s42 \\
         runs/structured/hybrid_k0.5 runs/structured/hybrid_k0.3 runs/structured/hybrid_k0.2 \\
+        runs/structured/hybrid_kd_k0.5 runs/structured/hybrid_kd_k0.3 \\
         --json benchmarks/results/cpu-2026-11-28/structured_speed.json \\
-        --plot docs/structured_curve.png
+        --plot docs/figures/structured_curve.png
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def plot(rows: list[dict], batch: int, path: str) -> None:
     ax.axhline(100 * dense["accuracy"] - 3, color="tab:red", ls=":", lw=1,
                label="dense - 3 points")
     ax.axvline(2.0, color="tab:red", ls=":", lw=1)
-    for distilled, color, label in ((False, "tab:blue", "hybrid movement (heads + neurons)"),
-                                    (True, "tab:green", "the same, distilled from dense")):
+    for distilled, color, label, dy in ((False, "tab:blue", "hybrid movement (heads + neurons)", -12),
+                                        (True, "tab:green", "the same, distilled from dense", 6)):
         series = sorted((r for r in rows[1:] if r["distilled"] == distilled),
                         key=lambda r: r[f"speedup_b{batch}"])
         if not series:
@@ -77,7 +78,7 @@ def plot(rows: list[dict], batch: int, path: str) -> None:
         ax.plot(xs, ys, "o-", color=color, label=label)
         for r, x, y in zip(series, xs, ys):
             ax.annotate(f"{100 * r['remaining_weights']:.0f}% weights", (x, y),
-                        textcoords="offset points", xytext=(5, 5), fontsize=8)
+                        textcoords="offset points", xytext=(5, dy), fontsize=8)
     ax.plot([1.0], [100 * dense["accuracy"]], "s", color="0.3")
     ax.set_xlabel(f"inference speed-up over dense (batch {batch}, CPU, same runtime)")
     ax.set_ylabel("SST-2 dev accuracy (%)")
