@@ -238,7 +238,7 @@ def export_run(run_dir: str, output_dir: str, *, compressed: str | None = None,
     run = rundir.restore_run(run_dir)
     prune, spec, pre = run.cfg.prune, data.task_from_config(run.cfg.task), run.pretrained
     masks = masking.final_masks(prune, run.params, run.scores,
-                                num_heads=run.pretrained.config.num_attention_heads)
+                                num_heads=pre.config.num_attention_heads)
     masked = jax.device_get(masking.multiply_masks(run.params, masks))
     export_hf(output_dir, masked, pre.config, spec.head, tokenizer_path=pre.path,
               num_labels=spec.num_labels, overwrite=overwrite,
