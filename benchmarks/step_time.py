@@ -73,6 +73,8 @@ SHAPES = {
                       intermediate_size=1536),  # the embedded all-MiniLM-L6-v2
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                       intermediate_size=3072),  # bert-base-uncased
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64),  # not timed: the script's own smoke test
 }
 
 

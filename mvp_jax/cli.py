@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="local data directory (default: the run's, else the hub)")
     p.add_argument("--max-eval-samples", type=int,
                    help="evaluate on the first N examples only (default: the run's setting, else all)")
-    p.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
+    p.add_argument("--batch-size", type=int,
+                   help="evaluation batch size (default: a run's, which it then scores exactly "
+                        "as the run did: same batches, length buckets and device mesh; else 64)")
     g = p.add_argument_group(
         "your own data", "score the model on files or a dataset (e.g. one it never saw); these "
         "replace the run's data, and keep its columns, kind and labels unless given")
@@ -205,8 +207,14 @@ def cmd_evaluate(args) -> int:
     task = _evaluate_task(args, run_cfg)
     max_eval = (args.max_eval_samples if args.max_eval_samples is not None
                 else run_cfg.data.max_eval_samples if run_cfg else None)
+    layout = None
+    if run_cfg is not None and args.batch_size is None:
+        from mvp_jax.evaluation import EvalLayout
+
+        layout = EvalLayout.of_run(run_cfg)
     metrics = evaluate_model_dir(_model_dir(args.model), task, max_eval_samples=max_eval,
-                                 batch_size=args.batch_size)
+                                 batch_size=64 if args.batch_size is None else args.batch_size,
+                                 layout=layout)
     print(json.dumps(metrics, indent=2, default=float))
     return 0
 

@@ -62,13 +62,43 @@ def _own_task_for_model(task, model_dir: str):
     return task.replace(labels=names)
 
 
+@dataclass(frozen=True)
+class EvalLayout:
+    """How a run scored its evaluations: batch size, length buckets (None: fixed length) and
+    device mesh (None: one device). Evaluating the same model with the same layout runs the same
+    compiled programs on the same batches, so it gives the run's numbers exactly."""
+
+    batch_size: int = 64
+    bucket_lengths: tuple[int, ...] | None = None
+    mesh: object = None
+
+    @classmethod
+    def of_run(cls, cfg) -> "EvalLayout":
+        """The layout of a run's config: ``train.eval_batch_size`` (else ``batch_size``), its
+        ``data.bucket_lengths`` and its mesh (on this machine's devices; one device where that
+        mesh does not fit them)."""
+        from mvp_jax import data
+
+        max_len = cfg.task.max_seq_length or data.task_from_config(cfg.task).max_seq_length
+        buckets = (data.resolve_buckets(cfg.data.bucket_lengths, max_len)
+                   if cfg.data.bucket_lengths is not None else None)
+        try:
+            mesh = shd.make_mesh(cfg.mesh.data, cfg.mesh.model)
+        except ValueError:  # the run's mesh does not fit this machine's devices: one device
+            mesh = None
+        return cls(cfg.train.eval_batch_size or cfg.train.batch_size, buckets, mesh)
+
+
 def evaluate_model_dir(model_dir: str, task, *, data_dir=None, max_eval_samples=None,
-                       batch_size: int = 64, max_seq_length=None) -> dict:
+                       batch_size: int = 64, max_seq_length=None,
+                       layout: EvalLayout | None = None) -> dict:
     """``{split: metrics}`` of the (already pruned, dense-stored) model in ``model_dir``.
 
     ``task``: a registry task name, a ``TaskSpec``, or a ``TaskConfig`` -- your own data (files
     or a dataset, e.g. one the model never saw) scored with the class names of ``task.labels``,
-    else of the model's ``id2label``; its kind, when null, is the model's."""
+    else of the model's ``id2label``; its kind, when null, is the model's.
+    ``layout``: batch size, buckets and mesh (a run's: ``EvalLayout.of_run``); None: one
+    device, fixed length, ``batch_size``."""
     from mvp_jax import data
     from mvp_jax.config import TaskConfig
     from mvp_jax.models import load_pretrained, load_tokenizer
@@ -85,8 +115,17 @@ def evaluate_model_dir(model_dir: str, task, *, data_dir=None, max_eval_samples=
     task_data = data.load_task(spec, load_tokenizer(pre.path), data_dir=data_dir,
                                max_seq_length=max_seq_length, max_eval_samples=max_eval_samples,
                                with_train=False)
-    eval_step = make_eval_step(pre.module).jit()
-    return evaluate_splits(eval_step, pre.params, {}, task_data, batch_size)
+    layout = layout or EvalLayout(batch_size)
+    if layout.mesh is None:
+        return evaluate_splits(make_eval_step(pre.module).jit(), pre.params, {}, task_data,
+                               layout.batch_size, bucket_lengths=layout.bucket_lengths)
+    mesh, bs = layout.mesh, layout.batch_size
+    params = shd.place(pre.params, shd.tree_shardings(pre.params, mesh))
+    eval_step = jit_eval_step(make_eval_step(pre.module), mesh, params, {}, bs)
+    sharding = shd.batch_sharding(mesh, bs, micro=False)
+    return evaluate_splits(eval_step, params, {}, task_data, bs,
+                           put=lambda batch: shd.put_batch(batch, sharding),
+                           bucket_lengths=layout.bucket_lengths)
 
 
 # ----------------------------------------------------------------------------------------------

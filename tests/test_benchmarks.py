@@ -34,9 +34,10 @@ def test_bert_base_shape_has_its_prunable_count():
 
 @pytest.mark.slow
 def test_step_time_runs_and_reports_every_variant(tmp_path):
+    """The script's plumbing (variants, ratios, remaining fractions), on the tiny shape."""
     out = tmp_path / "r.json"
     res = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "step_time.py"), "--models", "minilm-l6",
+        [sys.executable, str(REPO / "benchmarks" / "step_time.py"), "--models", "tiny",
          "--seq-lens", "16", "--batch-size", "2", "--steps", "1", "--warmup", "0",
          "--variants", "dense", "topk", "topk-global", "--json", str(out)],
         capture_output=True, text=True, timeout=900, cwd=REPO)

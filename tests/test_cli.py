@@ -89,9 +89,9 @@ def test_missing_config_file_and_existing_run(tmp_path, shared_data, capsys):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, shared_data):
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, shared_data, tiny_bert):
     run = tmp_path / "run"
-    common = ["--set", f"task.data_dir={shared_data / 'glue' / 'SST-2'}", "--set", "task.max_seq_length=32",
+    common = ["--set", f"model.name={tiny_bert}", "--set", f"task.data_dir={shared_data / 'glue' / 'SST-2'}", "--set", "task.max_seq_length=32",
               "--set", "data.max_train_samples=64", "--set", "data.max_eval_samples=16",
               "--set", "train.batch_size=8", "--set", "train.log_every=1", "--set", "prune.method=topk",
               "--set", "prune.final_threshold=0.5", "--set", "train.warmup_steps=1"]

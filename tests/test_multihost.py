@@ -22,7 +22,7 @@ from mvp_jax import sharding
 pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MINILM_PRUNABLE = 6 * (4 * 384 * 384 + 2 * 384 * 1536)
+TINY_PRUNABLE = 2 * (4 * 32 * 32 + 2 * 32 * 64)  # conftest's tiny_bert: 2 layers, 32, FFN 64
 
 
 def free_port() -> int:
@@ -31,8 +31,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def overrides(shared_data):
-    sets = [f"task.data_dir={shared_data / 'glue' / 'SST-2'}", "task.max_seq_length=32",
+def overrides(shared_data, model):
+    sets = [f"model.name={model}", f"task.data_dir={shared_data / 'glue' / 'SST-2'}", "task.max_seq_length=32",
             "data.max_train_samples=32", "data.max_eval_samples=16", "train.batch_size=8",
             "train.max_steps=4", "train.warmup_steps=1", "train.log_every=1",
             "prune.initial_warmup=1", "prune.final_warmup=1", "prune.final_threshold=0.3",
@@ -55,7 +55,7 @@ def cli(*args):
     return [sys.executable, "-m", "mvp_jax.cli", "fine-prune", "--no-progress", *args]
 
 
-def first_step_loss(shared_data):
+def first_step_loss(shared_data, model):
     """Loss of step 1 computed here on one device: masks are all ones at the initial threshold
     1.0 and dropout is off, so it is the plain forward loss of the first batch."""
     import jax.numpy as jnp
@@ -64,7 +64,7 @@ def first_step_loss(shared_data):
     from mvp_jax.runner import _batch_iterator, load_setup
     from mvp_jax.train import model_inputs, per_example_task_loss
 
-    sets = overrides(shared_data)
+    sets = overrides(shared_data, model)
     cfg = load_config(None, [sets[i + 1] for i in range(0, len(sets), 2)])
     setup = load_setup(cfg)
     batch = {k: v[0] for k, v in next(_batch_iterator(setup, 0)).items()}
@@ -78,10 +78,11 @@ def first_step_loss(shared_data):
     return float(loss(setup.params, batch))
 
 
-def test_two_processes_write_a_checkpoint_that_one_process_resumes(tmp_path, shared_data):
+def test_two_processes_write_a_checkpoint_that_one_process_resumes(tmp_path, shared_data,
+                                                                  tiny_bert):
     run = tmp_path / "run"
     port = free_port()
-    args = cli("--output-dir", str(run), *overrides(shared_data), "--set", "mesh.model=2",
+    args = cli("--output-dir", str(run), *overrides(shared_data, tiny_bert), "--set", "mesh.model=2",
                "--stop-at-step", "2")
     procs = [subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True,
@@ -107,16 +108,16 @@ def test_two_processes_write_a_checkpoint_that_one_process_resumes(tmp_path, sha
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2]
     # each process fed its half of the batch: step 1's loss is the loss of the whole batch
-    assert lines[0]["loss"] == pytest.approx(first_step_loss(shared_data), rel=1e-4)
+    assert lines[0]["loss"] == pytest.approx(first_step_loss(shared_data, tiny_bert), rel=1e-4)
 
     # one process, two devices (mesh 1 x 2): resume from step 2 to the end
-    res = subprocess.run(cli("--output-dir", str(run), *overrides(shared_data), "--resume",
+    res = subprocess.run(cli("--output-dir", str(run), *overrides(shared_data, tiny_bert), "--resume",
                              "--set", "mesh.model=2"),
                          cwd=REPO, capture_output=True, text=True, timeout=420, env=env_for(2))
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     results = json.loads((run / "eval_results.json").read_text())
     assert results["step"] == 4
-    assert results["remaining"] == int(0.3 * MINILM_PRUNABLE)  # exact global Top-v at export
+    assert results["remaining"] == int(0.3 * TINY_PRUNABLE)  # exact global Top-v at export
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3, 4]
     assert sorted(os.listdir(ckpt))[-1] == "4"

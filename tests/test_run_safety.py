@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 import pytest
-from _helpers_models import save_tiny_vocab_bert
 
 from mvp_jax.cli import main
 
@@ -28,9 +27,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A random 2-layer BERT with the real vocabulary and the MiniLM tokenizer (_helpers_models)."""
-    return save_tiny_vocab_bert(tmp_path_factory.mktemp("tiny") / "model", head="classification")
+def tiny_model(tiny_bert_classifier):
+    """A random 2-layer BERT with the real vocabulary and the MiniLM tokenizer (conftest)."""
+    return tiny_bert_classifier
 
 
 def run_args(model, shared_data, out, *extra):
@@ -342,7 +341,7 @@ def test_user_errors_stay_one_line_exit_2(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("data,model,busy", [(1, 8, False), (2, 4, True), (4, 2, False),
+@pytest.mark.parametrize("data,model,busy", [(1, 8, False), (2, 4, True), (4, 2, True),
                                              (8, 1, False)])
 def test_sharded_cli_runs_complete_on_every_mesh(data, model, busy, tmp_path, shared_data,
                                                 tiny_model):

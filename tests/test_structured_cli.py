@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _helpers_models import save_tiny_vocab_bert
 from test_own_data import fine_prune_args, one_error_line, reviews, run_cli, write
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return save_tiny_vocab_bert(tmp_path_factory.mktemp("tiny") / "model", head=None)
+def tiny_model(tiny_bert):
+    return tiny_bert
 
 
 @pytest.mark.parametrize("method,extra", [
