@@ -53,13 +53,15 @@ def next_lambda(trials: Iterable[tuple[float, float]], target: float, default: f
     """Next lambda to try for ``target`` from earlier (lambda, remaining) trials; ``default``
     without trials. A secant step on y = logit(remaining) against x = log(lambda):
 
-    - trials on both sides of the target: interpolate in the tightest bracket, kept inside
-      its middle (1 - 2 ``inner``) so that the bracket shrinks by ``inner`` at least each step
-      (a saturated end, 0% or 100% kept, does not stall it);
+    - trials on both sides of the target: interpolate in the tightest bracket; when one end
+      is saturated (under 0.1% or over 99.9% kept, where logit says little) the step is kept
+      inside the bracket's middle (1 - 2 ``inner``), so the bracket shrinks by ``inner`` at
+      least (else by 2%: an end close to the target is trusted);
     - on one side only: step from the trial with the largest lambda (all kept too much) or the
       smallest (all too little) along the slope of the two trials nearest the target (-1
       until two differ; its size clipped to [0.3, 10]), by at most ``max_factor`` in lambda.
     """
+    trials = [(float(l), float(r)) for l, r in trials]
     pts = sorted((math.log(l), _logit(r)) for l, r in trials)
     if not pts:
         return default
@@ -70,7 +72,9 @@ def next_lambda(trials: Iterable[tuple[float, float]], target: float, default: f
         (x0, y0), (x1, y1) = max(lo, key=lambda p: p[0]), min(hi, key=lambda p: p[0])
         if x1 > x0:
             f = (y0 - y) / (y0 - y1) if y0 != y1 else 0.5
-            return math.exp(x0 + min(max(f, inner), 1.0 - inner) * (x1 - x0))
+            saturated = max(y0, -y1) >= _logit(0.999)
+            g = inner if saturated else 0.02
+            return math.exp(x0 + min(max(f, g), 1.0 - g) * (x1 - x0))
         return math.exp(0.5 * (x0 + x1))  # not monotone here: bisect
     near = sorted(pts, key=lambda p: abs(p[1] - y))
     slope = -1.0  # d logit(remaining) / d log(lambda), a guess until two trials differ
