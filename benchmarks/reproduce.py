@@ -18,6 +18,7 @@ topk = movement_paper and sigmoied_threshold = soft_movement):
     soft_movement    prune.method sigmoied_threshold + l1 (sparsity set by lambda)
     l0               prune.method l0 + l0 (sparsity set by lambda)
     random           prune.method random: Top-v of fixed random scores (the control)
+    l0_ramp          l0 with lambda ramped along the cubic schedule (prune.initial_threshold 0)
 
 Soft movement and L0 reach their sparsity through lambda, not through a target: for each
 target, lambda is searched by secant steps on log(lambda) vs log(remaining weights) over full
@@ -97,6 +98,11 @@ VARIANTS = {
     "l0": Variant("l0", (), "L0 regularization", "l0", "l0", "l0", "tab:red", "D"),
     "random": Variant("random", (), "random (control)", "random", "random", "random", "grey",
                       "x"),
+    # L0 whose lambda grows along the cubic schedule (0 while the model fine-tunes densely)
+    # instead of the paper's constant lambda, which at a short budget closes the gates before
+    # the model has learnt the task (a named variant, as movement's scores from magnitude)
+    "l0_ramp": Variant("l0", ("prune.initial_threshold=0.0",), "L0 (lambda ramped)", "l0ramp",
+                       "l0", "l0", "tab:brown", "P"),
 }
 VARIANT_ORDER = tuple(VARIANTS)
 MOVEMENT_VARIANTS = ("movement", "movement_paper")
