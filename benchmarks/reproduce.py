@@ -28,6 +28,10 @@ target, the trial whose remaining weights are closest to the target in log ratio
 weights are counted by ``mvp_jax.export.count_remaining`` on the exported model
 (export/model.safetensors) and checked against the run's eval_results.json.
 
+    # the paper's Figure 2 on 2 CPU cores (README "Results"): every variant at 50/10/3% with the
+    # lab recipes at 300 updates, soft movement / L0 calibrated to 1 point, distillation at
+    # 10/3%; finished runs' small files kept under results/paper_grid/runs/ (resumed from)
+    python benchmarks/reproduce.py --sweep paper-grid --resume-existing
     # lab recipes (configs/lab/sst2/<variant>.yaml) at 600 updates on 2 CPU cores: dense, then
     # 3% and 50% for movement (both variants), magnitude, random; soft movement at 3%;
     # movement distilled at 3% (about 6 minutes a run, 11 runs)
@@ -41,8 +45,10 @@ weights are counted by ``mvp_jax.export.count_remaining`` on the exported model
     python benchmarks/reproduce.py --preset cpu-lab --report-only
 
 Run directories go under --runs-dir (git-ignored runs/reproduce, runs/reproduce_cpu_lab for
-cpu-lab); --resume-existing skips runs whose eval_results.json exists (and restarts incomplete
-ones from scratch); --deadline HH:MM starts no run after that time (the runs are ordered so
+cpu-lab, runs/paper_grid); each finished run's small files (config, metrics, eval results,
+counts) are kept under --out/runs; --resume-existing skips runs whose eval_results.json exists
+in either (and restarts incomplete ones from scratch); --preset is also --sweep, and a bad sweep
+name, a target outside (0, 1] or a search without trials is one error line and exit 2; --deadline HH:MM starts no run after that time (the runs are ordered so
 that the most informative come first).
 """
 
