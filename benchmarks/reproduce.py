@@ -687,7 +687,7 @@ def plan(args):
             return not distill or (variant in kd_variants and target in args.distill_targets)
 
         for seed in args.seeds:
-            if not getattr(args, "skip_dense", False):
+            if not args.skip_dense:
                 cells.append((task, seed, "dense", False, None))
             if args.order == "nested":
                 all_targets = list(targets) + [t for t in lam_targets if t not in targets]
@@ -706,7 +706,7 @@ def plan(args):
     return cells
 
 
-SECONDS_PER_STEP_GUESS = 0.6  # a lab step of 32 SST-2 sentences on 2 CPU cores (BENCHMARKS.md)
+SECONDS_PER_STEP_GUESS = 0.6  # a lab step of 32 SST-2 sentences, 2 cores (0.5-0.7 s, 2026-12-03)
 RUN_OVERHEAD_GUESS = 40.0  # tokenizing, compiling, evaluating, exporting a lab run
 
 
@@ -787,7 +787,7 @@ def run_cell(args, task, method, distill, target, seed, teacher, trials):
         return row["remaining_weights"]
 
     calibrate_lambda(run, target, start_lambda(args, variant),
-                     tolerance=getattr(args, "lambda_tolerance", None), max_trials=n - len(mine),
+                     tolerance=args.lambda_tolerance, max_trials=n - len(mine),
                      history=mine, hints=hints)
 
 
