@@ -19,6 +19,7 @@ topk = movement_paper and sigmoied_threshold = soft_movement):
     l0               prune.method l0 + l0 (sparsity set by lambda)
     random           prune.method random: Top-v of fixed random scores (the control)
     l0_ramp          l0 with lambda ramped along the cubic schedule (prune.initial_threshold 0)
+    l0_magnitude     l0 whose gates start ranked by |W| (prune.mask_init magnitude, scale 2.75)
 
 Soft movement and L0 reach their sparsity through lambda, not through a target: for each
 target, lambda is searched by secant steps on log(lambda) vs log(remaining weights) over full
@@ -109,6 +110,11 @@ VARIANTS = {
     # the model has learnt the task (a named variant, as movement's scores from magnitude)
     "l0_ramp": Variant("l0", ("prune.initial_threshold=0.0",), "L0 (lambda ramped)", "l0ramp",
                        "l0", "l0", "tab:brown", "P"),
+    # L0 with the paper's constant lambda whose gates start ranked by |W| (log alpha = 2.75 |W| /
+    # rms(W): 2.197 on average, the paper's constant), so the gates close smallest weights first
+    # instead of all at once (a named variant, as movement's scores from magnitude)
+    "l0_magnitude": Variant("l0", ("prune.mask_init=magnitude", "prune.mask_scale=2.75"),
+                            "L0 (scores from magnitude)", "l0mag", "l0", "l0", "tab:pink", "*"),
 }
 VARIANT_ORDER = tuple(VARIANTS)
 MOVEMENT_VARIANTS = ("movement", "movement_paper")
