@@ -1306,6 +1306,18 @@ def report_step(args, command):
         f"({len(rows)} rows)")
 
 
+def use_compilation_cache(runs_dir):
+    """JAX's persistent compilation cache, in $JAX_COMPILATION_CACHE_DIR or else
+    ``runs_dir/xla_cache``: runs whose programs have the same shapes (every method at every
+    target, every seed) compile once, across runs and worker processes. Returns the folder."""
+    import jax
+
+    folder = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(Path(runs_dir) / "xla_cache")
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return folder
+
+
 def main(argv=None):
     args = resolve_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -1316,6 +1328,7 @@ def main(argv=None):
             "dense" if v == "dense" else f"{v}{'+kd' if kd else ''}@{t:g}"
             for _, _, v, kd, t in plan(args)))
         todo, extra, per_run, basis = cost(args)
+        log(f"XLA compilation cache: {use_compilation_cache(args.runs_dir)}")
         log(f"cost: {todo} runs to go, up to {todo + extra} with lambda trials, about "
             f"{todo * per_run / 60:.0f}-{(todo + extra) * per_run / 60:.0f} minutes at "
             f"{per_run:.0f} s a run ({basis}; one worker)")

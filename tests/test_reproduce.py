@@ -487,3 +487,46 @@ def test_bad_sweep_input_is_one_line_exit_2_nothing_written(tmp_path, argv, mess
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in p.stderr
     assert not runs.exists() and not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_sweep_compiles_through_one_persistent_cache(rp, tmp_path, monkeypatch):
+    """Runs of the same shapes compile once: the sweep points JAX's persistent compilation
+    cache at $JAX_COMPILATION_CACHE_DIR, else at RUNS_DIR/xla_cache."""
+    import jax
+
+    before = (jax.config.jax_compilation_cache_dir,
+              jax.config.jax_persistent_cache_min_compile_time_secs)
+    try:
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+        assert rp.use_compilation_cache(tmp_path) == str(tmp_path / "xla_cache")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla_cache")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+        assert rp.use_compilation_cache(tmp_path) == str(tmp_path / "mine")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+
+
+def test_every_reported_run_has_its_files_in_the_repository():
+    """A fresh clone resumes the sweep and remakes its report: every run of the committed
+    results.csv and lambda_trials.csv has its small files under results/paper_grid/runs/, and
+    git does not ignore them (a `runs/` pattern once hid them all)."""
+    import csv
+    import shutil
+    import subprocess
+
+    out = ROOT / "results" / "paper_grid"
+    runs = set()
+    for name in ("results.csv", "lambda_trials.csv"):
+        with open(out / name, newline="") as f:
+            runs |= {(r["task"], r["run"]) for r in csv.DictReader(f)}
+    assert len(runs) >= 30
+    files = [out / "runs" / task / run / f for task, run in sorted(runs)
+             for f in ("config.yaml", "counts.json", "eval_results.json", "metrics.jsonl")]
+    missing = [str(p.relative_to(ROOT)) for p in files if not p.exists()]
+    assert not missing, missing[:5]
+    if shutil.which("git") and (ROOT / ".git").exists():
+        ignored = subprocess.run(["git", "check-ignore", *map(str, files)], cwd=ROOT,
+                                 capture_output=True, text=True).stdout.split()
+        assert not ignored, ignored[:5]
