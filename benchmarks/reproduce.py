@@ -261,6 +261,9 @@ def build_parser():
     p.add_argument("--lambda-tolerance", type=float,
                    help="stop a lambda search when a trial's remaining fraction is within this "
                         "of the target (absolute: 0.01 = 1 point; default: within 25%% of it)")
+    p.add_argument("--teacher-seed", type=int,
+                   help="seed of the dense run every distilled run learns from (default: the "
+                        "distilled run's own seed)")
     p.add_argument("--skip-dense", action="store_true",
                    help="do not run the dense model (another worker runs it)")
     p.add_argument("--soft-scores-lr", type=float, help="scores LR of soft movement")
@@ -520,6 +523,11 @@ def finished_dir(args, task, name):
     return None
 
 
+def teacher_seed(args, seed):
+    """The seed of the dense run that teaches the distilled runs of ``seed``."""
+    return seed if getattr(args, "teacher_seed", None) is None else args.teacher_seed
+
+
 def ensure_teacher(args, task, seed, teacher):
     """The dense run's export, the teacher of the distilled runs: run again into --runs-dir when
     only its kept files are here (a new machine resuming the sweep)."""
@@ -540,7 +548,7 @@ def run_or_read(args, task, method, distill, target, seed, lam=None, teacher=Non
     if found is None:
         if args.deadline and time.strftime("%H:%M") >= args.deadline:
             raise Deadline(args.deadline)
-        ensure_teacher(args, task, seed, teacher)
+        ensure_teacher(args, task, teacher_seed(args, seed), teacher)
         steps = total_steps_of(args, task, seed)
         run = make_run(args, task, method, target, seed, lam, teacher, steps)
         log(f"run {d}: {' '.join(run.overrides)}")
@@ -746,7 +754,8 @@ def sweep(args):
     read back instead); stops at --deadline."""
     trials = []
     for task, seed, variant, distill, target in plan(args):
-        teacher = str(Path(args.runs_dir) / task / run_name("dense", False, None, seed) / "export")
+        teacher = str(Path(args.runs_dir) / task
+                      / run_name("dense", False, None, teacher_seed(args, seed)) / "export")
         try:
             run_cell(args, task, variant, distill, target, seed, teacher, trials)
         except Deadline:

@@ -421,13 +421,14 @@ def test_sweep_resumes_from_committed_run_files(rp, tmp_path, monkeypatch):
     keep_as_committed(rp, fake_run(rp, scratch, "sst2", "magnitude", False, 0.5, 42, 0.5,
                                    0.84), out)
     dense_before = (dense / "eval_results.json").read_text()
-    calls = []
+    calls, teachers = [], {}
 
     def fake_fine_prune(cfg, out_dir, overwrite=False, progress=True):
         d = Path(out_dir)
         variant = rp.PREFIX_VARIANT[d.name.split("_")[0]] if not d.name.startswith("dense") \
             else "dense"
         calls.append(d.name)
+        teachers[d.name] = cfg.distill.teacher
         target = cfg.prune.final_threshold if variant != "dense" else None
         fake_run(rp, d.parent.parent, "sst2", variant, bool(cfg.distill.teacher), target,
                  cfg.train.seed, target or 1.0, 0.7)
@@ -459,6 +460,13 @@ def test_sweep_resumes_from_committed_run_files(rp, tmp_path, monkeypatch):
     rp.sweep(args)
     assert calls == ["dense_s42", "movement_kd_t0.1_s42"]
     assert (dense / "eval_results.json").read_text() == dense_before
+    # a second seed learns from the same teacher with --teacher-seed (else from its own)
+    calls.clear()
+    rp.sweep(rp.resolve_args(base + ["--methods", "movement", "--distill", "yes",
+                                     "--distill-targets", "0.1", "--seeds", "43",
+                                     "--teacher-seed", "42", "--skip-dense"]))
+    assert calls == ["movement_kd_t0.1_s43"]  # no dense_s43
+    assert teachers["movement_kd_t0.1_s43"] == str(runs / "sst2" / "dense_s42" / "export")
     # a kept run whose counts contradict its eval_results is an error, not a row
     bad = out / "runs" / "sst2" / "magnitude_nokd_t0.5_s42"
     (bad / "counts.json").write_text(json.dumps({"remaining": 1, "total": 256}))
