@@ -997,7 +997,8 @@ def _versus(task, a, others, slack=0.0):
     if chance is not None and a["metric"] <= chance and best["metric"] <= chance:
         notes.append("both at the majority class")
     elif chance is not None and a["metric"] <= chance:
-        notes.append(f"{VARIANTS[a['variant']].label} is at the majority class")
+        notes.append(f"{VARIANTS[a['variant']].label}"
+                     f"{' + distillation' if a['distill'] == 'yes' else ''} is at the majority class")
     if notes:
         detail += " (" + "; ".join(notes) + ")"
     return verdict, detail
