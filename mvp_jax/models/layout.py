@@ -122,9 +122,7 @@ LAYER_MATRIX = r"layer/(\d+)/(.+)/kernel$"
 # path prefixes of the embedding tables and their LayerNorm (a tuple for ``str.startswith``)
 EMBEDDINGS = _union(f"{layout.prefix}/embeddings/" for layout in LAYOUTS)
 
-# Hugging Face: the PyTorch architecture of each head of BERT, and a model directory's tokenizer
-# files (WordPiece, byte-level BPE, SentencePiece).
-HF_ARCHITECTURES = BERT.architectures["bert"]
+# Hugging Face: a model directory's tokenizer files (WordPiece, byte-level BPE, SentencePiece).
 TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model",
                    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
