@@ -51,8 +51,12 @@ def teacher_label_permutation(id2label: dict, label_names) -> list[int] | None:
 
 
 def permute_classifier(params, perm):
-    """The classifier's output units reordered: ``kernel[:, perm]``, ``bias[perm]``."""
+    """The classifier's output units reordered: ``kernel[:, perm]``, ``bias[perm]`` of its last
+    dense (``classifier``, or RoBERTa's ``classifier/out_proj``)."""
     head = dict(params["classifier"])
+    if "out_proj" in head:
+        return {**params, "classifier": {**head, "out_proj": permute_classifier(
+            {"classifier": head["out_proj"]}, perm)["classifier"]}}
     head["kernel"] = jnp.asarray(head["kernel"])[:, jnp.asarray(perm)]
     head["bias"] = jnp.asarray(head["bias"])[jnp.asarray(perm)]
     return {**params, "classifier": head}

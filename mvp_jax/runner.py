@@ -134,9 +134,9 @@ def load_setup(cfg) -> Setup:
         rate = float(cfg.model.dropout)
         module = module.clone(spec=dataclasses.replace(
             module.spec, hidden_dropout_prob=rate, attention_probs_dropout_prob=rate))
-    if max_len > pre.config.max_position_embeddings:
+    if max_len > pre.module.spec.max_length:
         raise RunError(f"task.max_seq_length={max_len} exceeds the model's "
-                       f"{pre.config.max_position_embeddings} position embeddings")
+                       f"{pre.module.spec.max_length} position embeddings")
     teacher = None
     if cfg.distill.teacher:
         teacher_path = resolve_model_path(cfg.distill.teacher)

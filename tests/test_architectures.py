@@ -30,10 +30,11 @@ def tiny_config(arch: str, **kw):
     import transformers as tf
 
     if arch == "distilbert":
-        return tf.DistilBertConfig(**SIZES, dim=32, n_layers=2, n_heads=4, hidden_dim=37, **kw)
+        return tf.DistilBertConfig(**{**SIZES, "dim": 32, "n_layers": 2, "n_heads": 4,
+                                      "hidden_dim": 37, **kw})
     cls = tf.RobertaConfig if arch == "roberta" else tf.XLMRobertaConfig
-    return cls(**SIZES, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-               intermediate_size=37, type_vocab_size=1, pad_token_id=1, **kw)
+    return cls(**{**SIZES, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                  "intermediate_size": 37, "type_vocab_size": 1, "pad_token_id": 1, **kw})
 
 
 def torch_class(arch: str, head: str):

@@ -123,6 +123,7 @@ LAYER_MATRIX = r"layer/(\d+)/(.+)/kernel$"
 EMBEDDINGS = _union(f"{layout.prefix}/embeddings/" for layout in LAYOUTS)
 
 # Hugging Face: a model directory's tokenizer files (WordPiece, byte-level BPE, SentencePiece).
+TOKENIZER_VOCABS = ("vocab.txt", "vocab.json", "sentencepiece.bpe.model", "tokenizer.json")
 TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model",
                    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")

@@ -32,7 +32,7 @@ from flax import traverse_util
 from mvp_jax.errors import UserError
 
 from .bert import Bert, build_module, param_shapes
-from .layout import BERT, MODEL_TYPES, Layout, layout_of
+from .layout import BERT, MODEL_TYPES, TOKENIZER_VOCABS, Layout, layout_of
 
 log = logging.getLogger(__name__)
 
@@ -368,6 +368,10 @@ def load_tokenizer(path: str | os.PathLike | None = None):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(path)
+    if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_VOCABS):
+        # transformers 5 would build an empty tokenizer
+        raise CheckpointError(f"no tokenizer in {path!r}: expected one of "
+                              f"{', '.join(TOKENIZER_VOCABS)}")
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:

@@ -1,0 +1,142 @@
+"""RoBERTa and DistilBERT from the command line: a few steps of movement pruning (weights) and of
+hybrid (heads and neurons) on tiny local models with their own tokenizers, through evaluate,
+export and predict (transformers' PyTorch pipeline on the export: the same probabilities); bad
+model directories exit 2 with one line and write nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from test_architectures import tiny_config
+from test_own_data import WORDS, fine_prune_args, one_error_line, pipeline_outputs, reviews, \
+    run_cli, write
+
+
+def save_tiny(arch: str, out_dir: Path) -> Path:
+    """A random 2-layer bare encoder (hidden 32, 2 heads, FFN 64) with a tokenizer: byte-level BPE
+    trained here on the test words (RoBERTa), the embedded MiniLM's WordPiece (DistilBERT)."""
+    import transformers as tf
+
+    from mvp_jax.models import resolve_model_path
+
+    torch.manual_seed(0)
+    if arch == "roberta":
+        from tokenizers import ByteLevelBPETokenizer
+
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator([" ".join(WORDS)] * 4, vocab_size=300, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        os.makedirs(out_dir)
+        bpe.save_model(str(out_dir))
+        tf.AutoTokenizer.from_pretrained(out_dir, tokenizer_type="roberta").save_pretrained(
+            out_dir)
+        config = tiny_config(arch, num_attention_heads=2, intermediate_size=64, vocab_size=300)
+        tf.RobertaModel(config).save_pretrained(out_dir)
+    else:
+        config = tiny_config(arch, n_heads=2, hidden_dim=64, vocab_size=30522)
+        tf.DistilBertModel(config).save_pretrained(out_dir)
+        src = Path(resolve_model_path("minilm-l6"))
+        for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+            shutil.copy2(src / f, out_dir / f)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("arch-models")
+    return {a: save_tiny(a, root / a) for a in ("roberta", "distilbert")}
+
+
+@pytest.mark.parametrize("arch,granularity", [
+    ("roberta", "weight"), pytest.param("roberta", "hybrid", marks=pytest.mark.slow),
+    pytest.param("distilbert", "weight", marks=pytest.mark.slow), ("distilbert", "hybrid")])
+def test_fine_prune_evaluate_export_predict(arch, granularity, models, tmp_path, capsys):
+    from mvp_jax.predict import load_predictor, predict_texts
+
+    rows = reviews(32)
+    train, dev = write(tmp_path / "train.csv", rows), write(tmp_path / "dev.csv", rows[:16])
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, *fine_prune_args(
+        models[arch], run, "task.name=mine", f"task.train_file={train}",
+        f"task.validation_file={dev}", f"prune.granularity={granularity}", steps=3))
+    assert code == 0, err
+    results = json.loads((run / "eval_results.json").read_text())
+    assert 0 < results["remaining"] < results["prunable"]
+    assert (run / "compact").is_dir() == (granularity == "hybrid")
+
+    # evaluate the run and the export: the run's numbers
+    code, out, err = run_cli(capsys, "evaluate", run)
+    assert code == 0, err
+    assert json.loads(out)["validation"] == results["metrics"]["validation"]
+    model_dir = tmp_path / "exported"
+    code, _, err = run_cli(capsys, "export", run, "--output-dir", model_dir)
+    assert code == 0, err
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["model_type"] == arch
+    assert config["architectures"] == [
+        {"roberta": "Roberta", "distilbert": "DistilBert"}[arch] + "ForSequenceClassification"]
+
+    # predict (JAX) against transformers' PyTorch pipeline on the export
+    texts = [r["text"] for r in rows[:6]]
+    ours = list(predict_texts(load_predictor(model_dir), texts, None, batch_size=4))
+    theirs = pipeline_outputs(model_dir, texts)
+    for o, t in zip(ours, theirs):
+        assert set(o["probabilities"]) == set(t) == {"neg", "pos"}
+        for name in t:
+            assert abs(o["probabilities"][name] - t[name]) < 1e-4
+    if granularity == "hybrid":  # the compact model predicts what the masked dense one does
+        compact = list(predict_texts(load_predictor(run / "compact"), texts, None, batch_size=4))
+        for o, c in zip(ours, compact):
+            for name in o["probabilities"]:
+                assert abs(o["probabilities"][name] - c["probabilities"][name]) < 1e-5
+    code, out, err = run_cli(capsys, "predict", model_dir, "--text", texts[0])
+    assert code == 0, err
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_bad_model_directories_exit_2_and_write_nothing(models, tmp_path, capsys):
+    from safetensors.numpy import load_file, save_file
+
+    rows = reviews(16)
+    train = write(tmp_path / "train.csv", rows)
+
+    def refused(model, match):
+        run = tmp_path / "run"
+        code, _, err = run_cli(capsys, *fine_prune_args(
+            model, run, "task.name=mine", f"task.train_file={train}",
+            f"task.validation_file={train}"))
+        assert code == 2 and match in one_error_line(err), err
+        assert not run.exists()
+
+    unsupported = _copy(models["roberta"], tmp_path / "gpt2")
+    cfg = json.loads((unsupported / "config.json").read_text())
+    (unsupported / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
+    refused(unsupported, "model_type is 'gpt2'; supported: bert, roberta, xlm-roberta, "
+                         "distilbert")
+
+    misshapen = _copy(models["distilbert"], tmp_path / "misshapen")
+    state = load_file(misshapen / "model.safetensors")
+    key = "transformer.layer.1.ffn.lin1.weight"
+    state[key] = state[key][:60]
+    save_file(state, misshapen / "model.safetensors")
+    refused(misshapen, "shape mismatch: distilbert/transformer/layer/1/ffn/lin1/kernel")
+
+    missing = _copy(models["roberta"], tmp_path / "missing")
+    state = load_file(missing / "model.safetensors")
+    del state["encoder.layer.0.attention.self.key.weight"]
+    save_file(state, missing / "model.safetensors")
+    refused(missing, "missing encoder weights roberta/encoder/layer/0/attention/self/key/kernel;")
+
+    no_tokenizer = _copy(models["roberta"], tmp_path / "no-tokenizer")
+    for f in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
+        (no_tokenizer / f).unlink(missing_ok=True)
+    refused(no_tokenizer, "no tokenizer in")
