@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mvp_jax.compact import compact_params, layer_sizes, save_compact, save_transformers
+from mvp_jax.compressed import load_compressed, save_compressed
 from mvp_jax.export import count_remaining, export_hf, format_counts
 from mvp_jax.masking import multiply_masks, prunable_paths
 from mvp_jax.models import load_pretrained
@@ -133,6 +134,12 @@ def test_export_loads_in_transformers_with_the_same_logits(checkpoints, arch, he
     ids, mask = batch(arch)
     np.testing.assert_allclose(torch_logits(model, ids, mask),
                                flax_logits(pre.module, masked, ids, mask), atol=1e-5)
+    # the compressed file: the same architecture, logits within the int8 rounding
+    save_compressed(tmp_path / "m.mvpz", masked, pre.config, head)
+    module, params, _ = load_compressed(tmp_path / "m.mvpz")
+    assert type(module) is type(pre.module)
+    np.testing.assert_allclose(flax_logits(module, params, ids, mask),
+                               flax_logits(pre.module, masked, ids, mask), atol=0.05)
     # 6 matrices per layer, each ~60% kept; one table column per matrix type
     counts = count_remaining(masked)
     assert len(counts["matrices"]) == 12 and 0.5 < counts["fraction"] < 0.7
