@@ -146,6 +146,10 @@ def load_setup(cfg) -> Setup:
                            f"task {spec.name} has {spec.num_labels}")
         teacher = load_pretrained(teacher_path, head=head, num_labels=spec.num_labels,
                                   dtype=dtype, seed=cfg.train.seed)
+        if teacher.module.spec.vocab_size != module.spec.vocab_size:  # another tokenizer
+            raise RunError(f"teacher {cfg.distill.teacher!r} has {teacher.module.spec.vocab_size} "
+                           f"tokens, the model {module.spec.vocab_size}: the teacher must read "
+                           "the model's tokenizer")
         perm = (teacher_label_permutation(teacher.config.id2label, spec.label_names)
                 if head == "classification" else None)
         if perm is not None:  # the teacher's outputs in the task's label order

@@ -17,6 +17,9 @@ from test_own_data import WORDS, fine_prune_args, one_error_line, pipeline_outpu
     run_cli, write
 
 
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "paper" / "mnli" / "hybrid.yaml"
+
+
 def save_tiny(arch: str, out_dir: Path) -> Path:
     """A random 2-layer bare encoder (hidden 32, 2 heads, FFN 64) with a tokenizer: byte-level BPE
     trained here on the test words (RoBERTa), the embedded MiniLM's WordPiece (DistilBERT)."""
@@ -61,10 +64,17 @@ def test_fine_prune_evaluate_export_predict(arch, granularity, models, tmp_path,
     rows = reviews(32)
     train, dev = write(tmp_path / "train.csv", rows), write(tmp_path / "dev.csv", rows[:16])
     run = tmp_path / "run"
+    # hybrid through a paper recipe, its task replaced by a small file
+    recipe = ["--config", str(RECIPE)] if granularity == "hybrid" else []
     code, _, err = run_cli(capsys, *fine_prune_args(
         models[arch], run, "task.name=mine", f"task.train_file={train}",
-        f"task.validation_file={dev}", f"prune.granularity={granularity}", steps=3))
+        f"task.validation_file={dev}", f"prune.granularity={granularity}", steps=3), *recipe)
     assert code == 0, err
+    if recipe:
+        from mvp_jax.config import load_config
+
+        saved = load_config(run / "config.yaml")
+        assert saved.train.optimizer == "reference_adamw" and saved.prune.mask_init == "magnitude"
     results = json.loads((run / "eval_results.json").read_text())
     assert 0 < results["remaining"] < results["prunable"]
     assert (run / "compact").is_dir() == (granularity == "hybrid")
@@ -109,11 +119,11 @@ def test_bad_model_directories_exit_2_and_write_nothing(models, tmp_path, capsys
     rows = reviews(16)
     train = write(tmp_path / "train.csv", rows)
 
-    def refused(model, match):
+    def refused(model, match, *sets):
         run = tmp_path / "run"
         code, _, err = run_cli(capsys, *fine_prune_args(
             model, run, "task.name=mine", f"task.train_file={train}",
-            f"task.validation_file={train}"))
+            f"task.validation_file={train}", *sets))
         assert code == 2 and match in one_error_line(err), err
         assert not run.exists()
 
@@ -135,6 +145,9 @@ def test_bad_model_directories_exit_2_and_write_nothing(models, tmp_path, capsys
     del state["encoder.layer.0.attention.self.key.weight"]
     save_file(state, missing / "model.safetensors")
     refused(missing, "missing encoder weights roberta/encoder/layer/0/attention/self/key/kernel;")
+
+    refused(models["roberta"], "has 30522 tokens, the model 300: the teacher must read the "
+            "model's tokenizer", f"distill.teacher={models['distilbert']}")
 
     no_tokenizer = _copy(models["roberta"], tmp_path / "no-tokenizer")
     for f in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
