@@ -110,7 +110,7 @@ def load_setup(cfg) -> Setup:
     ``setup.cfg.task.labels``, so the run's config.yaml keeps them."""
     from mvp_jax import data
     from mvp_jax.models import load_config as load_model_config
-    from mvp_jax.models import load_pretrained, load_tokenizer, resolve_model_path
+    from mvp_jax.models import layout_of, load_pretrained, load_tokenizer, resolve_model_path
 
     spec = data.task_from_config(cfg.task)
     if spec.source is not None and spec.label_names and cfg.task.labels is None:
@@ -153,7 +153,8 @@ def load_setup(cfg) -> Setup:
         perm = (teacher_label_permutation(teacher.config.id2label, spec.label_names)
                 if head == "classification" else None)
         if perm is not None:  # the teacher's outputs in the task's label order
-            teacher = teacher._replace(params=permute_classifier(teacher.params, perm))
+            logits = layout_of(teacher.config.model_type).logits
+            teacher = teacher._replace(params=permute_classifier(teacher.params, perm, logits))
             if jax.process_index() == 0:
                 print(f"note: the teacher's labels {list(teacher.config.id2label.values())} are "
                       f"reordered to the task's {list(spec.label_names)}", file=sys.stderr)

@@ -193,3 +193,17 @@ def test_partition_rules_cover_each_architecture():
         assert spec(m + "/kernel") == ("model",), m
     assert spec("distilbert/embeddings/word_embeddings/embedding") == (None, "model")
     assert spec("pre_classifier/kernel") == spec("classifier/out_proj/kernel") == ()
+
+
+@pytest.mark.parametrize("arch", ["roberta", "distilbert"])
+def test_teacher_label_permutation_reorders_the_logits(checkpoints, arch):
+    from mvp_jax.distill import permute_classifier
+    from mvp_jax.models import layout_of
+
+    pre = load_pretrained(checkpoints[(arch, "classification")][0], head="classification",
+                          num_labels=3)
+    permuted = permute_classifier(pre.params, [2, 0, 1], layout_of(arch).logits)
+    ids, mask = batch(arch)
+    np.testing.assert_allclose(flax_logits(pre.module, permuted, ids, mask),
+                               flax_logits(pre.module, pre.params, ids, mask)[:, [2, 0, 1]],
+                               atol=1e-6)

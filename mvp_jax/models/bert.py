@@ -3,7 +3,9 @@
 The parameter tree is exactly that of ``FlaxBertForSequenceClassification`` (``bert/...`` plus
 ``classifier``) or ``FlaxBertForQuestionAnswering`` (``bert/...`` without ``pooler``, plus
 ``qa_outputs``); ``head=None`` keeps the same ``bert/...`` prefix. Kernels are ``(in, out)``, the
-transpose of PyTorch's ``nn.Linear.weight``. Nothing here knows about pruning.
+transpose of PyTorch's ``nn.Linear.weight``. Nothing here knows about pruning. ``Roberta``
+(``roberta.py``) and ``DistilBert`` (``distilbert.py``) reuse these pieces; ``build_module``
+picks the module from the config's ``model_type``.
 
 Per-layer sizes (a compact model whose pruned heads and FFN neurons were removed,
 ``mvp_jax.compact``): the config keys ``layer_num_heads`` and ``layer_intermediate_sizes`` (one
@@ -38,7 +40,7 @@ from flax import traverse_util
 
 from mvp_jax.errors import UserError
 
-from .layout import MODEL_TYPES, ROBERTA, layout_of
+from .layout import MODEL_TYPES, layout_of
 
 HEADS = (None, "classification", "qa")
 
@@ -57,7 +59,8 @@ ACTIVATIONS: dict[str, Callable] = {
 
 @dataclasses.dataclass(frozen=True)
 class BertSpec:
-    """The architecture fields of a ``transformers.BertConfig`` (hashable, for Flax modules)."""
+    """The architecture fields of a ``transformers`` config of any supported ``model_type``, in
+    BERT's names (hashable, for Flax modules)."""
 
     vocab_size: int
     hidden_size: int
@@ -114,7 +117,7 @@ class BertSpec:
         values["model_type"] = kind
         if not layout.token_types:
             values["type_vocab_size"] = 0
-        if layout is ROBERTA:
+        if layout.padded_positions:
             values["position_offset"] = int(config.pad_token_id)
         for key in ("layer_num_heads", "layer_intermediate_sizes"):
             if key in values:

@@ -28,10 +28,11 @@ class Layout:
     children: tuple[str, ...]  # the encoder's top-level modules (a bare-encoder checkpoint)
     heads: tuple[str, ...]  # task-head modules at the top level
     ignored: tuple[str, ...]  # checkpoint name prefixes that are not ours (pretraining heads)
-    architectures: dict  # head -> transformers class name, per model_type: "{Name}ForX"
+    architectures: dict  # {model_type: {head: transformers class name}}
     config_keys: dict = dataclasses.field(default_factory=dict)  # spec field -> config key
     token_types: bool = True  # a token-type embedding (DistilBERT has none)
     logits: str = "classifier"  # the dense that outputs the classification logits
+    padded_positions: bool = False  # position ids count from the padding index (RoBERTa)
 
     def path(self, kind: str) -> str:
         """The path inside a layer of matrix type ``kind``."""
@@ -66,7 +67,7 @@ BERT = Layout(
 # RoBERTa and XLM-R: BERT's encoder under ``roberta/``, a two-layer classification head
 ROBERTA = dataclasses.replace(
     BERT, model_types=("roberta", "xlm-roberta"), prefix="roberta", ignored=("lm_head.",),
-    logits="classifier/out_proj",
+    logits="classifier/out_proj", padded_positions=True,
     architectures={"roberta": _arch("Roberta"), "xlm-roberta": _arch("XLMRoberta")})
 DISTILBERT = Layout(
     model_types=("distilbert",), prefix="distilbert", layers="transformer/layer",
