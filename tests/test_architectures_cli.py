@@ -153,3 +153,26 @@ def test_bad_model_directories_exit_2_and_write_nothing(models, tmp_path, capsys
     for f in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json"):
         (no_tokenizer / f).unlink(missing_ok=True)
     refused(no_tokenizer, "no tokenizer in")
+
+
+@pytest.mark.parametrize("arch", ["roberta", "distilbert"])
+def test_squad_features_of_each_tokenizer_hold_the_gold_answers(arch, models, tmp_path):
+    """SQuAD windows made with the model's own tokenizer (RoBERTa: byte-level BPE, no token
+    types, ``</s></s>`` between question and context): gold start/end logits score 100 on the
+    answers that start and end on token boundaries."""
+    from test_squad import DEV, _aligned, _gold_logits, _write_squad
+    from transformers import AutoTokenizer
+
+    from mvp_jax import data as D
+
+    tok = AutoTokenizer.from_pretrained(models[arch])
+    article = json.loads(DEV.read_text(encoding="utf-8"))["data"][0]
+    paragraphs = [{**p, "qas": [q for q in p["qas"] if _aligned(
+        tok, p["context"], q["answers"][0]["answer_start"], q["answers"][0]["text"])]}
+        for p in article["paragraphs"][:2]]
+    for split in ("train", "dev"):
+        _write_squad(tmp_path / f"{split}-v1.1.json", [{**article, "paragraphs": paragraphs}])
+    td = D.load_task("squad", tok, data_dir=tmp_path, max_seq_length=192, doc_stride=64)
+    ev = td.evals["validation"]
+    assert ev.num_examples > 5 and len(ev) >= ev.num_examples
+    assert D.evaluate("squad", ev, _gold_logits(ev)) == {"exact_match": 100.0, "f1": 100.0}
