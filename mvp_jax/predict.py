@@ -113,7 +113,7 @@ def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None =
         str(config.id2label.get(i, config.id2label.get(str(i), f"LABEL_{i}"))) for i in range(n))
     kwargs = {} if dtype is None else {"dtype": dtype}
     pre = load_pretrained(model_dir, head="classification", num_labels=n, **kwargs)
-    longest = pre.module.spec.max_length  # RoBERTa's positions start after the padding index
+    longest = pre.module.spec.max_length  # the longest input its positions cover
     limit = min(longest, 512)
     if max_seq_length is None and run_cfg is not None:
         max_seq_length = run_cfg.task.max_seq_length
