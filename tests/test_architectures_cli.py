@@ -86,6 +86,10 @@ def test_fine_prune_evaluate_export_predict(arch, granularity, models, tmp_path,
     model_dir = tmp_path / "exported"
     code, _, err = run_cli(capsys, "export", run, "--output-dir", model_dir)
     assert code == 0, err
+    code, out, err = run_cli(capsys, "count", model_dir)  # per layer and matrix type
+    assert code == 0, err
+    assert out.split("\n")[0].split() == ["layer", "query", "key", "value", "attn_out", "ffn_in",
+                                          "ffn_out", "all"]
     config = json.loads((model_dir / "config.json").read_text())
     assert config["model_type"] == arch
     assert config["architectures"] == [
