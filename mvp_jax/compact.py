@@ -34,14 +34,14 @@ import numpy as np
 
 from mvp_jax.export import ExportError, export_hf
 from mvp_jax.models.bert import ACTIVATIONS, BertSpec
+from mvp_jax.models.layout import layout_of, layout_of_path
 from mvp_jax.structured import UNITS, expand, is_unit_path, layers, members
 from mvp_jax.tree import flatten, unflatten
 
 PER_LAYER = ("layer_num_heads", "layer_intermediate_sizes")
 
-# unit kind -> (the dense whose zero columns make a unit constant, the dense it feeds)
-_FOLD = {"heads": ("attention/self/value", "attention/output/dense"),
-         "neurons": ("intermediate/dense", "output/dense")}
+# unit kind -> (the matrix whose zero columns make a unit constant, the matrix it feeds)
+_FOLD = {"heads": ("value", "attn_out"), "neurons": ("ffn_in", "ffn_out")}
 
 
 def layer_sizes(config: Any) -> tuple[list[int], list[int]]:
@@ -58,7 +58,8 @@ def with_layer_sizes(config: Any, heads: list[int], sizes: list[int]) -> Any:
         if hasattr(cfg, key):
             delattr(cfg, key)
     if all(h == cfg.num_attention_heads for h in heads) and len(set(sizes)) == 1:
-        cfg.intermediate_size = int(sizes[0])
+        key = layout_of(cfg.model_type).config_keys.get("intermediate_size", "intermediate_size")
+        setattr(cfg, key, int(sizes[0]))
     else:
         cfg.layer_num_heads = [int(h) for h in heads]
         cfg.layer_intermediate_sizes = [int(s) for s in sizes]
@@ -80,7 +81,7 @@ def _take_units(flat: dict, unit_path: str, index: np.ndarray) -> None:
 
 def _remove_dead(flat: dict, layer: str, kind: str, d: int, act) -> int:
     """Fold constant units into the output bias, drop dead ones; returns the units kept."""
-    src, dst = (f"{layer}/{name}" for name in _FOLD[kind])
+    src, dst = (f"{layer}/{layout_of_path(layer).path(t)}" for t in _FOLD[kind])
     w_out = flat[f"{dst}/kernel"]
     n = w_out.shape[0] // d
     if n == 0:

@@ -14,7 +14,7 @@ Format (one zip file, each member deflated, ``header.json`` first):
   deflate. It also has no 65,535-column limit and decodes with one ``np.unpackbits``.
 * everything else (embeddings, biases, LayerNorm, pooler, task head): float16 by default
   (``float_dtype="float32"`` to keep them exact; a tensor beyond float16 range stays float32).
-* ``header.json``: format name and version, the ``BertConfig``, head, num_labels, and for every
+* ``header.json``: format name and version, the model's config, head, num_labels, and for every
   tensor its shape, storage, scale and the SHA-256 of its stored bytes.
 
 A truncated or corrupted file raises ``CompressedFormatError`` (zip CRC, SHA-256, shapes).
@@ -164,13 +164,14 @@ def _open(path: str) -> tuple[zipfile.ZipFile, dict]:
 def load_compressed(path: str | os.PathLike, dtype=jnp.float32):
     """``(module, params, config)`` from a ``save_compressed`` file; int8 weights become
     ``s * q`` (zeros where the bitmask is 0), other tensors float32 again."""
-    from transformers import BertConfig
+    from transformers import CONFIG_MAPPING
 
     path = os.fspath(path)
     z, header = _open(path)
     with z:
         try:
-            config = BertConfig.from_dict(header["config"])
+            d = header["config"]
+            config = CONFIG_MAPPING[d.get("model_type", "bert")].from_dict(d)
             head, n = header["head"], header["num_labels"]
             module = build_module(config, head, n, dtype)
             flat = {}

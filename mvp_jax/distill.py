@@ -50,9 +50,13 @@ def teacher_label_permutation(id2label: dict, label_names) -> list[int] | None:
     return [names.index(n) for n in wanted]
 
 
-def permute_classifier(params, perm):
-    """The classifier's output units reordered: ``kernel[:, perm]``, ``bias[perm]``."""
-    head = dict(params["classifier"])
+def permute_classifier(params, perm, path: str = "classifier"):
+    """The classifier's output units reordered: ``kernel[:, perm]``, ``bias[perm]`` of the dense
+    at ``path`` (the layout's ``logits``)."""
+    top, _, rest = path.partition("/")
+    if rest:
+        return {**params, top: permute_classifier(params[top], perm, rest)}
+    head = dict(params[top])
     head["kernel"] = jnp.asarray(head["kernel"])[:, jnp.asarray(perm)]
     head["bias"] = jnp.asarray(head["bias"])[jnp.asarray(perm)]
-    return {**params, "classifier": head}
+    return {**params, top: head}

@@ -21,25 +21,26 @@ from mvp_jax.errors import UserError
 from . import masking
 from .matrices import tally
 from .models import (
+    HEADS,
     build_module,
     flax_to_hf_state_dict,
     param_shapes,
     resolve_model_path,
 )
-from .models.layout import HF_ARCHITECTURES, PRUNABLE, TOKENIZER_FILES
+from .models.layout import PRUNABLE, TOKENIZER_FILES, layout_of
 
 
 class ExportError(UserError):
     """Params, config or destination that cannot be exported; the message says why."""
 
 
-def _num_labels(flat: dict, head: str | None, num_labels: int | None) -> int:
+def _num_labels(flat: dict, head: str | None, num_labels: int | None, logits: str) -> int:
     if head == "qa":
         return 2
     if head == "classification":
-        if "classifier/kernel" not in flat:
-            raise ExportError("head='classification' but params have no classifier/kernel")
-        found = int(np.shape(flat["classifier/kernel"])[-1])
+        if logits not in flat:
+            raise ExportError(f"head='classification' but params have no {logits}")
+        found = int(np.shape(flat[logits])[-1])
         if num_labels is not None and int(num_labels) != found:
             raise ExportError(f"num_labels={num_labels} but the classifier has {found} outputs")
         return found
@@ -49,10 +50,10 @@ def _num_labels(flat: dict, head: str | None, num_labels: int | None) -> int:
 def checked_num_labels(flat: dict, config: Any, head: str | None,
                        num_labels: int | None = None) -> int:
     """The number of outputs of ``head``, once ``flat`` (``{path: array}``) is checked to hold
-    exactly the parameters (names and shapes) of ``Bert(config, head, num_labels)``."""
-    if head not in HF_ARCHITECTURES:
-        raise ExportError(f"unknown head {head!r}; choose one of {tuple(HF_ARCHITECTURES)}")
-    num_labels = _num_labels(flat, head, num_labels)
+    exactly the parameters (names and shapes) of ``build_module(config, head, num_labels)``."""
+    if head not in HEADS:
+        raise ExportError(f"unknown head {head!r}; choose one of {HEADS}")
+    num_labels = _num_labels(flat, head, num_labels, _layout(config).logits + "/kernel")
     expected = param_shapes(build_module(config, head, num_labels))
     missing = sorted(set(expected) - set(flat))
     unexpected = sorted(set(flat) - set(expected))
@@ -66,10 +67,17 @@ def checked_num_labels(flat: dict, config: Any, head: str | None,
     return num_labels
 
 
+def _layout(config: Any):
+    try:
+        return layout_of(getattr(config, "model_type", "bert"))
+    except KeyError:
+        raise ExportError(f"unsupported model_type {config.model_type!r}") from None
+
+
 def _export_config(config: Any, head: str | None, num_labels: int,
                    label_names: Iterable[str] | None = None):
     cfg = config.__class__.from_dict(config.to_dict())
-    cfg.architectures = [HF_ARCHITECTURES[head]]
+    cfg.architectures = [_layout(config).architectures[cfg.model_type][head]]
     if head is not None:
         cfg.num_labels = num_labels
     if label_names is not None:  # the task's class names: id2label / label2id of the model
@@ -133,8 +141,8 @@ def export_hf(
 ) -> str:
     """Write a standard Hugging Face model directory for PyTorch ``transformers``.
 
-    ``config.json`` (architectures ``BertModel`` / ``BertForSequenceClassification`` /
-    ``BertForQuestionAnswering``, ``num_labels``, ``problem_type="regression"`` for one label;
+    ``config.json`` (architectures ``{Name}Model`` / ``{Name}ForSequenceClassification`` /
+    ``{Name}ForQuestionAnswering`` of the config's architecture, ``num_labels``, ``problem_type="regression"`` for one label;
     ``label_names``, one per class of a classification head, become ``id2label`` /
     ``label2id``, so ``pipeline("text-classification")`` and ``mvp-jax predict`` name them),
     ``model.safetensors`` in PyTorch naming (``kernel.T -> weight``), and the tokenizer files of
@@ -167,7 +175,8 @@ def export_hf(
     try:
         _export_config(config, head, n, label_names).to_json_file(
             os.path.join(tmp, "config.json"))
-        save_file(flax_to_hf_state_dict(params, head), os.path.join(tmp, "model.safetensors"),
+        save_file(flax_to_hf_state_dict(params, head, _layout(config)),
+                  os.path.join(tmp, "model.safetensors"),
                   metadata={"format": "pt"})
         for f in tok_files:
             shutil.copy2(f, tmp)

@@ -315,12 +315,14 @@ def hard_concrete_mask(scores: jax.Array, rng: jax.Array | None, train: bool) ->
 
 def prunable_paths(params: PyTree, patterns: Iterable[str] = DEFAULT_PRUNABLE) -> list[str]:
     """'/'-joined key paths (``mvp_jax.tree``) of the parameters matched by any regex of
-    ``patterns`` (``re.search``), in leaf order. Raises for a pattern that matches nothing."""
+    ``patterns`` (``re.search``), in leaf order. Raises for a pattern that matches nothing (the
+    default patterns span every architecture: of those, some must match)."""
     patterns = tuple(patterns)
     paths = list(tree.flatten(params))
     compiled = [re.compile(p) for p in patterns]
-    for pattern, regex in zip(patterns, compiled):
-        if not any(regex.search(path) for path in paths):
+    matched = [any(regex.search(path) for path in paths) for regex in compiled]
+    for pattern, found in zip(patterns, matched):
+        if not found and (pattern not in DEFAULT_PRUNABLE or not any(matched)):
             raise UserError(
                 f"prunable pattern {pattern!r} matches no parameter; parameters are e.g. "
                 f"{', '.join(paths[:4])}"

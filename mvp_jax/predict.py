@@ -113,12 +113,13 @@ def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None =
         str(config.id2label.get(i, config.id2label.get(str(i), f"LABEL_{i}"))) for i in range(n))
     kwargs = {} if dtype is None else {"dtype": dtype}
     pre = load_pretrained(model_dir, head="classification", num_labels=n, **kwargs)
-    limit = min(int(pre.config.max_position_embeddings), 512)
+    longest = pre.module.spec.max_length  # the longest input its positions cover
+    limit = min(longest, 512)
     if max_seq_length is None and run_cfg is not None:
         max_seq_length = run_cfg.task.max_seq_length
     L = int(max_seq_length or limit)
-    if not 2 <= L <= int(pre.config.max_position_embeddings):
-        raise PredictError(f"max_seq_length must be in 2..{pre.config.max_position_embeddings} "
+    if not 2 <= L <= longest:
+        raise PredictError(f"max_seq_length must be in 2..{longest} "
                            f"(the model's position embeddings), got {L}")
     module = pre.module
 

@@ -110,7 +110,7 @@ def load_setup(cfg) -> Setup:
     ``setup.cfg.task.labels``, so the run's config.yaml keeps them."""
     from mvp_jax import data
     from mvp_jax.models import load_config as load_model_config
-    from mvp_jax.models import load_pretrained, load_tokenizer, resolve_model_path
+    from mvp_jax.models import layout_of, load_pretrained, load_tokenizer, resolve_model_path
 
     spec = data.task_from_config(cfg.task)
     if spec.source is not None and spec.label_names and cfg.task.labels is None:
@@ -134,9 +134,9 @@ def load_setup(cfg) -> Setup:
         rate = float(cfg.model.dropout)
         module = module.clone(spec=dataclasses.replace(
             module.spec, hidden_dropout_prob=rate, attention_probs_dropout_prob=rate))
-    if max_len > pre.config.max_position_embeddings:
+    if max_len > pre.module.spec.max_length:
         raise RunError(f"task.max_seq_length={max_len} exceeds the model's "
-                       f"{pre.config.max_position_embeddings} position embeddings")
+                       f"{pre.module.spec.max_length} position embeddings")
     teacher = None
     if cfg.distill.teacher:
         teacher_path = resolve_model_path(cfg.distill.teacher)
@@ -146,10 +146,15 @@ def load_setup(cfg) -> Setup:
                            f"task {spec.name} has {spec.num_labels}")
         teacher = load_pretrained(teacher_path, head=head, num_labels=spec.num_labels,
                                   dtype=dtype, seed=cfg.train.seed)
+        if teacher.module.spec.vocab_size != module.spec.vocab_size:  # another tokenizer
+            raise RunError(f"teacher {cfg.distill.teacher!r} has {teacher.module.spec.vocab_size} "
+                           f"tokens, the model {module.spec.vocab_size}: the teacher must read "
+                           "the model's tokenizer")
         perm = (teacher_label_permutation(teacher.config.id2label, spec.label_names)
                 if head == "classification" else None)
         if perm is not None:  # the teacher's outputs in the task's label order
-            teacher = teacher._replace(params=permute_classifier(teacher.params, perm))
+            logits = layout_of(teacher.config.model_type).logits
+            teacher = teacher._replace(params=permute_classifier(teacher.params, perm, logits))
             if jax.process_index() == 0:
                 print(f"note: the teacher's labels {list(teacher.config.id2label.values())} are "
                       f"reordered to the task's {list(spec.label_names)}", file=sys.stderr)

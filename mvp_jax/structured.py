@@ -16,7 +16,8 @@ Unit scores and unit masks are flat dicts of vectors, keyed by the layer's param
     {prefix}encoder/layer/{i}/attention/heads   [n_heads]
     {prefix}encoder/layer/{i}/ffn/neurons       [intermediate]
 
-(``prefix`` is what precedes ``encoder/`` in the params: ``bert/`` for ``mvp_jax.models.Bert``).
+(``prefix`` is what precedes ``encoder/`` in the params: ``bert/`` for ``mvp_jax.models.Bert``;
+each architecture's layer list and matrix paths are in ``mvp_jax.models.layout``).
 Selection is the existing ``mvp_jax.masking`` code applied to these dicts: ``topk_mask(s[p], v)``
 per unit group (local: ``v`` of each layer's heads, of each layer's neurons) or
 ``topk_mask(s, v)`` over the dict (global), ``threshold_mask``, ``hard_concrete_mask``,
@@ -44,22 +45,21 @@ import jax
 import jax.numpy as jnp
 
 from mvp_jax.errors import UserError
+from mvp_jax.models.layout import LAYOUTS, layout_of_path
 from mvp_jax.tree import flatten
 
 GRANULARITIES = ("weight", "head", "neuron", "hybrid")
 UNIT_SCORE_INITS = ("constant", "uniform", "magnitude")
 
-# unit kind -> (unit path below the layer, ((kernel below the layer, axis indexing units), ...))
+# unit kind -> (unit path below the layer, ((matrix type, axis indexing units), ...)); the
+# layout of the layer's architecture names each type's kernel
 UNITS = {
-    "heads": ("attention/heads", (("attention/self/query/kernel", 1),
-                                  ("attention/self/key/kernel", 1),
-                                  ("attention/self/value/kernel", 1),
-                                  ("attention/output/dense/kernel", 0))),
-    "neurons": ("ffn/neurons", (("intermediate/dense/kernel", 1),
-                                ("output/dense/kernel", 0))),
+    "heads": ("attention/heads", (("query", 1), ("key", 1), ("value", 1), ("attn_out", 0))),
+    "neurons": ("ffn/neurons", (("ffn_in", 1), ("ffn_out", 0))),
 }
 KINDS = {"weight": (), "head": ("heads",), "neuron": ("neurons",), "hybrid": ("heads", "neurons")}
-_LAYER = re.compile(r"^(.*encoder/layer/\d+)/attention/self/query/kernel$")
+_LAYER = re.compile("|".join(rf"^(.*{layout.layers}/\d+)/{layout.path('query')}/kernel$"
+                             for layout in LAYOUTS))
 
 
 def check_granularity(granularity: str) -> None:
@@ -76,10 +76,10 @@ def is_unit_path(path: str) -> bool:
 
 def layers(flat: dict[str, Any]) -> list[str]:
     """Params prefixes of the encoder layers, e.g. ``bert/encoder/layer/0``, by layer index."""
-    found = [m.group(1) for m in map(_LAYER.match, flat) if m]
+    found = [next(g for g in m.groups() if g) for m in map(_LAYER.match, flat) if m]
     if not found:
         raise UserError("params have no encoder layers (.../encoder/layer/<i>/attention/self/"
-                        "query/kernel): structured pruning needs a BERT encoder")
+                        "query/kernel): structured pruning needs an encoder of mvp_jax.models")
     return sorted(found, key=lambda layer: int(layer.rsplit("/", 1)[1]))
 
 
@@ -94,7 +94,8 @@ def _split(unit_path: str) -> tuple[str, str]:
 def members(unit_path: str) -> list[tuple[str, int]]:
     """``[(kernel path, unit axis), ...]`` of the weights a unit vector covers."""
     layer, kind = _split(unit_path)
-    return [(f"{layer}/{kernel}", axis) for kernel, axis in UNITS[kind][1]]
+    layout = layout_of_path(layer)
+    return [(f"{layer}/{layout.path(t)}/kernel", axis) for t, axis in UNITS[kind][1]]
 
 
 def unit_counts(params: Any, granularity: str, num_heads: int) -> dict[str, int]:
@@ -109,10 +110,11 @@ def unit_counts(params: Any, granularity: str, num_heads: int) -> dict[str, int]
     out = {}
     for layer in layers(flat):
         for kind in KINDS[granularity]:
-            unit, ((kernel, axis), *_) = UNITS[kind]
-            width = flat[f"{layer}/{kernel}"].shape[axis]
+            unit = UNITS[kind][0]
+            kernel, axis = members(f"{layer}/{unit}")[0]
+            width = flat[kernel].shape[axis]
             if kind == "heads":
-                d = flat[f"{layer}/{kernel}"].shape[0] // num_heads
+                d = flat[kernel].shape[0] // num_heads
                 if d == 0 or width % d:
                     raise UserError(f"{layer}: {width} query columns are not whole heads of "
                                     f"size hidden / num_attention_heads = {d}")

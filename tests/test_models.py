@@ -265,9 +265,12 @@ def test_bad_paths(tmp_path):
 
 
 def test_bad_config(ckpts, tmp_path):
-    d = _clone(ckpts["classification"][0], tmp_path / "roberta")
+    d = _clone(ckpts["classification"][0], tmp_path / "gpt2")
+    _edit_config(d, model_type="gpt2")
+    _raises(d, "model_type is 'gpt2'; supported: bert, roberta, xlm-roberta, distilbert")
+    d = _clone(ckpts["classification"][0], tmp_path / "roberta")  # BERT weights, RoBERTa config
     _edit_config(d, model_type="roberta")
-    _raises(d, "model_type is 'roberta'")
+    _raises(d, r"unexpected weights bert\.embeddings\.LayerNorm\.bias \(\+\d+ more\)")
     d = _clone(ckpts["classification"][0], tmp_path / "broken")
     with open(os.path.join(d, "config.json"), "w") as f:
         f.write("{not json")

@@ -1,4 +1,6 @@
-"""Flax BERT encoder + heads (named like Hugging Face's Flax BERT) and checkpoint loading."""
+"""Flax encoders + heads, named like Hugging Face's Flax models: BERT (and MiniLM), RoBERTa
+(and XLM-RoBERTa), DistilBERT; checkpoint loading (the architecture is ``config.json``'s
+``model_type``) and each architecture's layout (``layout``)."""
 
 from .bert import (
     HEADS,
@@ -10,6 +12,8 @@ from .bert import (
     init_params,
     param_shapes,
 )
+from .distilbert import DistilBert
+from .layout import MODEL_TYPES, layout_of
 from .loading import (
     DEFAULT_MODEL,
     CheckpointError,
@@ -23,6 +27,7 @@ from .loading import (
     read_weights,
     resolve_model_path,
 )
+from .roberta import Roberta
 
 __all__ = [
     "Bert",
@@ -30,13 +35,17 @@ __all__ = [
     "BertSpec",
     "CheckpointError",
     "DEFAULT_MODEL",
+    "DistilBert",
+    "MODEL_TYPES",
     "HEADS",
     "Pretrained",
+    "Roberta",
     "attention_bias",
     "build_module",
     "flax_to_hf_state_dict",
     "hf_state_dict_to_flax",
     "init_params",
+    "layout_of",
     "load_config",
     "load_pretrained",
     "load_tokenizer",

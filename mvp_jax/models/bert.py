@@ -3,7 +3,9 @@
 The parameter tree is exactly that of ``FlaxBertForSequenceClassification`` (``bert/...`` plus
 ``classifier``) or ``FlaxBertForQuestionAnswering`` (``bert/...`` without ``pooler``, plus
 ``qa_outputs``); ``head=None`` keeps the same ``bert/...`` prefix. Kernels are ``(in, out)``, the
-transpose of PyTorch's ``nn.Linear.weight``. Nothing here knows about pruning.
+transpose of PyTorch's ``nn.Linear.weight``. Nothing here knows about pruning. ``Roberta``
+(``roberta.py``) and ``DistilBert`` (``distilbert.py``) reuse these pieces; ``build_module``
+picks the module from the config's ``model_type``.
 
 Per-layer sizes (a compact model whose pruned heads and FFN neurons were removed,
 ``mvp_jax.compact``): the config keys ``layer_num_heads`` and ``layer_intermediate_sizes`` (one
@@ -38,6 +40,8 @@ from flax import traverse_util
 
 from mvp_jax.errors import UserError
 
+from .layout import MODEL_TYPES, layout_of
+
 HEADS = (None, "classification", "qa")
 
 # transformers' ACT2FN names -> jax functions ("gelu" is the exact erf form).
@@ -55,7 +59,8 @@ ACTIVATIONS: dict[str, Callable] = {
 
 @dataclasses.dataclass(frozen=True)
 class BertSpec:
-    """The architecture fields of a ``transformers.BertConfig`` (hashable, for Flax modules)."""
+    """The architecture fields of a ``transformers`` config of any supported ``model_type``, in
+    BERT's names (hashable, for Flax modules)."""
 
     vocab_size: int
     hidden_size: int
@@ -72,6 +77,14 @@ class BertSpec:
     initializer_range: float = 0.02
     layer_num_heads: tuple[int, ...] | None = None
     layer_intermediate_sizes: tuple[int, ...] | None = None
+    model_type: str = "bert"
+    position_offset: int | None = None  # RoBERTa: positions start after the padding index
+
+    @property
+    def max_length(self) -> int:
+        """The longest input the position embeddings cover."""
+        offset = self.position_offset
+        return self.max_position_embeddings - (0 if offset is None else offset + 1)
 
     @property
     def head_size(self) -> int:
@@ -89,9 +102,23 @@ class BertSpec:
 
     @classmethod
     def from_config(cls, config: Any) -> "BertSpec":
-        """From a ``transformers.BertConfig`` (or anything with those attributes)."""
+        """From a ``transformers`` config of a supported ``model_type`` (BERT's attribute names,
+        or the architecture's own, ``layout.Layout.config_keys``)."""
+        kind = getattr(config, "model_type", "bert")
+        try:
+            layout = layout_of(kind)
+        except KeyError:
+            raise UserError(f"unsupported model_type {kind!r}; supported: "
+                            f"{', '.join(MODEL_TYPES)}") from None
         names = [f.name for f in dataclasses.fields(cls)]
-        values = {n: getattr(config, n) for n in names if getattr(config, n, None) is not None}
+        keys = {n: layout.config_keys.get(n, n) for n in names}
+        values = {n: getattr(config, k) for n, k in keys.items()
+                  if getattr(config, k, None) is not None}
+        values["model_type"] = kind
+        if not layout.token_types:
+            values["type_vocab_size"] = 0
+        if layout.padded_positions:
+            values["position_offset"] = int(config.pad_token_id)
         for key in ("layer_num_heads", "layer_intermediate_sizes"):
             if key in values:
                 values[key] = _per_layer(key, values[key], values["num_hidden_layers"])
@@ -148,14 +175,35 @@ class BertEmbeddings(nn.Module):
         def embed(n, name):
             return nn.Embed(n, s.hidden_size, embedding_init=init, dtype=self.dtype, name=name)
 
-        positions = jnp.arange(input_ids.shape[-1])[None, :]
-        h = (
-            embed(s.vocab_size, "word_embeddings")(input_ids)
-            + embed(s.max_position_embeddings, "position_embeddings")(positions)
-            + embed(s.type_vocab_size, "token_type_embeddings")(token_type_ids)
-        )
+        if s.position_offset is None:
+            positions = jnp.arange(input_ids.shape[-1])[None, :]
+        else:  # transformers' create_position_ids_from_input_ids
+            keep = (input_ids != s.position_offset).astype(jnp.int32)
+            positions = jnp.cumsum(keep, axis=1) * keep + s.position_offset
+        h = (embed(s.vocab_size, "word_embeddings")(input_ids)
+             + embed(s.max_position_embeddings, "position_embeddings")(positions))
+        if s.type_vocab_size:  # DistilBERT has none
+            h = h + embed(s.type_vocab_size, "token_type_embeddings")(token_type_ids)
         h = _layer_norm(s, self.dtype)(h)
         return nn.Dropout(s.hidden_dropout_prob)(h, deterministic=deterministic)
+
+
+def self_attention(spec: BertSpec, dtype, heads: int, h, mask_bias, deterministic: bool,
+                   names=("query", "key", "value")):
+    """Multi-head self-attention before its output dense, ``[B, L, heads d]``; the Q, K, V
+    denses (``names``) belong to the calling compact module."""
+    d = spec.head_size
+
+    def project(name):
+        x = _dense(spec, heads * d, dtype, name)(h)
+        return x.reshape(x.shape[:2] + (heads, d))
+
+    q, k, v = (project(name) for name in names)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q / jnp.sqrt(d).astype(dtype), k)
+    probs = jax.nn.softmax(logits.astype(jnp.float32) + mask_bias, axis=-1).astype(dtype)
+    probs = nn.Dropout(spec.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    return out.reshape(out.shape[:2] + (heads * d,))
 
 
 class BertSelfAttention(nn.Module):
@@ -165,20 +213,8 @@ class BertSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, h, mask_bias, deterministic: bool):
-        s = self.spec
-        heads = s.num_attention_heads if self.num_heads is None else self.num_heads
-        d = s.head_size
-
-        def project(name):
-            x = _dense(s, heads * d, self.dtype, name)(h)
-            return x.reshape(x.shape[:2] + (heads, d))
-
-        q, k, v = project("query"), project("key"), project("value")
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q / jnp.sqrt(d).astype(self.dtype), k)
-        probs = jax.nn.softmax(logits.astype(jnp.float32) + mask_bias, axis=-1).astype(self.dtype)
-        probs = nn.Dropout(s.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        return out.reshape(out.shape[:2] + (heads * d,))
+        heads = self.spec.num_attention_heads if self.num_heads is None else self.num_heads
+        return self_attention(self.spec, self.dtype, heads, h, mask_bias, deterministic)
 
 
 class BertAttention(nn.Module):
@@ -238,12 +274,13 @@ class BertLayer(nn.Module):
 class BertLayerCollection(nn.Module):
     spec: BertSpec
     dtype: Any = jnp.float32
+    layer_cls: Any = BertLayer  # the module of one layer, called (spec, dtype, index)
 
     @nn.compact
     def __call__(self, h, mask_bias, deterministic: bool):
         hidden = [h]
         for i in range(self.spec.num_hidden_layers):
-            h = BertLayer(self.spec, self.dtype, i, name=str(i))(h, mask_bias, deterministic)
+            h = self.layer_cls(self.spec, self.dtype, i, name=str(i))(h, mask_bias, deterministic)
             hidden.append(h)
         return hidden
 
@@ -251,9 +288,10 @@ class BertLayerCollection(nn.Module):
 class BertEncoder(nn.Module):
     spec: BertSpec
     dtype: Any = jnp.float32
+    layer_cls: Any = BertLayer
 
     def setup(self):
-        self.layer = BertLayerCollection(self.spec, self.dtype)
+        self.layer = BertLayerCollection(self.spec, self.dtype, self.layer_cls)
 
     def __call__(self, h, mask_bias, deterministic: bool):
         return self.layer(h, mask_bias, deterministic)
@@ -279,23 +317,23 @@ class BertModule(nn.Module):
     """Embeddings, ``num_hidden_layers`` layers and (optionally) the pooler; the ``bert`` subtree.
 
     Returns ``(last_hidden_state [B, L, H], pooled [B, H] or None, all_hidden_states)`` where
-    ``all_hidden_states`` is the embedding output followed by each layer's output.
+    ``all_hidden_states`` is the embedding output followed by each layer's output. Subclasses
+    set ``encoder_name`` and ``layer_cls`` (class attributes, not fields).
     """
 
     spec: BertSpec
     dtype: Any = jnp.float32
     add_pooling_layer: bool = True
+    encoder_name = "encoder"
+    layer_cls = BertLayer
 
-    def setup(self):
-        self.embeddings = BertEmbeddings(self.spec, self.dtype)
-        self.encoder = BertEncoder(self.spec, self.dtype)
-        if self.add_pooling_layer:
-            self.pooler = BertPooler(self.spec, self.dtype)
-
+    @nn.compact
     def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool):
-        h = self.embeddings(input_ids, token_type_ids, deterministic)
-        hidden = self.encoder(h, attention_bias(attention_mask, self.dtype), deterministic)
-        pooled = self.pooler(hidden[-1]) if self.add_pooling_layer else None
+        s, dtype = self.spec, self.dtype
+        h = BertEmbeddings(s, dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
+        hidden = BertEncoder(s, dtype, self.layer_cls, name=self.encoder_name)(
+            h, attention_bias(attention_mask, dtype), deterministic)
+        pooled = BertPooler(s, dtype, name="pooler")(hidden[-1]) if self.add_pooling_layer else None
         return hidden[-1], pooled, tuple(hidden)
 
 
@@ -309,13 +347,35 @@ class Bert(nn.Module):
 
     Call: ``module.apply({"params": p}, input_ids, attention_mask=None, token_type_ids=None,
     deterministic=True, rngs={"dropout": key})``; with ``output_hidden_states=True`` the result
-    is ``(outputs, all_hidden_states)``.
+    is ``(outputs, all_hidden_states)``. Other architectures subclass it and override the
+    ``encoder`` / ``classify`` / ``qa`` hooks.
     """
 
     spec: BertSpec
     head: str | None = "classification"
     num_labels: int = 2
     dtype: Any = jnp.float32
+
+    @nn.nowrap
+    def encoder(self) -> nn.Module:
+        """The encoder submodule (its name is the params prefix)."""
+        return BertModule(self.spec, self.dtype, add_pooling_layer=self.head != "qa", name="bert")
+
+    @nn.nowrap
+    def classifier_dropout(self) -> float:
+        rate = self.spec.classifier_dropout
+        return self.spec.hidden_dropout_prob if rate is None else rate
+
+    @nn.nowrap
+    def classify(self, last, pooled, deterministic: bool):
+        """Logits ``[B, num_labels]`` of the classification head."""
+        pooled = nn.Dropout(self.classifier_dropout())(pooled, deterministic=deterministic)
+        return _dense(self.spec, self.num_labels, self.dtype, "classifier")(pooled)
+
+    @nn.nowrap
+    def qa(self, last, deterministic: bool):
+        """Start/end logits ``[B, L, 2]`` of the QA head."""
+        return _dense(self.spec, 2, self.dtype, "qa_outputs")(last)
 
     @nn.compact
     def __call__(
@@ -332,16 +392,12 @@ class Bert(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if self.head not in HEADS:
             raise UserError(f"unknown head {self.head!r}; choose one of {HEADS}")
-        bert = BertModule(self.spec, self.dtype, add_pooling_layer=self.head != "qa", name="bert")
-        last, pooled, hidden = bert(input_ids, attention_mask, token_type_ids, deterministic)
+        last, pooled, hidden = self.encoder()(input_ids, attention_mask, token_type_ids,
+                                              deterministic)
         if self.head == "classification":
-            rate = self.spec.classifier_dropout
-            rate = self.spec.hidden_dropout_prob if rate is None else rate
-            pooled = nn.Dropout(rate)(pooled, deterministic=deterministic)
-            out = _dense(self.spec, self.num_labels, self.dtype, "classifier")(pooled)
-            out = out.astype(jnp.float32)
+            out = self.classify(last, pooled, deterministic).astype(jnp.float32)
         elif self.head == "qa":
-            logits = _dense(self.spec, 2, self.dtype, "qa_outputs")(last).astype(jnp.float32)
+            logits = self.qa(last, deterministic).astype(jnp.float32)
             out = (logits[..., 0], logits[..., 1])
         else:
             out = (last, pooled)
@@ -350,12 +406,19 @@ class Bert(nn.Module):
 
 def build_module(config: Any, head: str | None = "classification", num_labels: int = 2,
                  dtype=jnp.float32) -> Bert:
-    """A ``Bert`` module for a ``transformers.BertConfig``."""
+    """The module of a ``transformers`` config's architecture (``Bert``, ``Roberta``,
+    ``DistilBert``) with ``head``."""
+    from .distilbert import DistilBert
+    from .roberta import Roberta
+
     if head not in HEADS:
         raise UserError(f"unknown head {head!r}; choose one of {HEADS}")
     if head == "classification" and int(num_labels) < 1:
         raise UserError(f"num_labels must be >= 1, got {num_labels}")
-    return Bert(BertSpec.from_config(config), head=head, num_labels=int(num_labels), dtype=dtype)
+    spec = BertSpec.from_config(config)
+    cls = {"bert": Bert, "roberta": Roberta, "distilbert": DistilBert}[
+        layout_of(spec.model_type).prefix]
+    return cls(spec, head=head, num_labels=int(num_labels), dtype=dtype)
 
 
 def param_shapes(module: Bert) -> dict[str, tuple[int, ...]]:

@@ -1,9 +1,11 @@
-"""Load Hugging Face BERT checkpoints (safetensors, PyTorch .bin, Flax msgpack) into ``Bert``.
+"""Load Hugging Face checkpoints (safetensors, PyTorch .bin, Flax msgpack) of BERT, RoBERTa,
+XLM-RoBERTa or DistilBERT (``config.json``'s ``model_type``) into their module.
 
-Name mapping, PyTorch -> Flax (``bert.`` prefix optional, ``cls.*`` pretraining heads and the
+Name mapping, PyTorch -> Flax (shown for BERT; the prefix and module names of each architecture
+are in ``layout``; prefix optional, pretraining heads such as ``cls.*`` / ``lm_head.*`` and the
 ``position_ids`` / ``token_type_ids`` buffers ignored)::
 
-    *.LayerNorm.{weight|gamma}  -> */LayerNorm/scale
+    *.LayerNorm.{weight|gamma}  -> */LayerNorm/scale    (also *layer_norm.*)
     *.LayerNorm.{bias|beta}     -> */LayerNorm/bias
     *_embeddings.weight         -> *_embeddings/embedding
     *.weight  [out, in]         -> */kernel [in, out]  (transposed)
@@ -30,6 +32,7 @@ from flax import traverse_util
 from mvp_jax.errors import UserError
 
 from .bert import Bert, build_module, param_shapes
+from .layout import BERT, MODEL_TYPES, TOKENIZER_VOCABS, Layout, layout_of
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class CheckpointError(UserError):
 class Pretrained(NamedTuple):
     module: Bert
     params: dict
-    config: Any  # transformers.BertConfig
+    config: Any  # transformers.BertConfig, RobertaConfig, ...
     path: str  # resolved local directory (config, weights, tokenizer files)
 
 
@@ -81,7 +84,8 @@ def resolve_model_path(name: str | os.PathLike | None = None) -> str:
     from huggingface_hub import snapshot_download
 
     patterns = ["config.json", *WEIGHT_FILES, "*.safetensors", "vocab.txt", "tokenizer*.json",
-                "special_tokens_map.json", "added_tokens.json"]
+                "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+                "sentencepiece.bpe.model"]
     try:
         return snapshot_download(name, allow_patterns=patterns)
     except Exception as e:  # offline, unknown repo, auth, ...
@@ -93,8 +97,9 @@ def resolve_model_path(name: str | os.PathLike | None = None) -> str:
 
 
 def load_config(path: str):
-    """``transformers.BertConfig`` from ``path/config.json``; BERT with absolute positions only."""
-    from transformers import BertConfig
+    """The ``transformers`` config (``BertConfig``, ``RobertaConfig``, ...) of
+    ``path/config.json``; a supported ``model_type`` with absolute positions only."""
+    from transformers import CONFIG_MAPPING
 
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
@@ -104,12 +109,13 @@ def load_config(path: str):
             d = json.load(f)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot read {file}: {e}") from e
-    if not isinstance(d, dict) or d.get("model_type") != "bert":
+    if not isinstance(d, dict) or d.get("model_type") not in MODEL_TYPES:
         kind = d.get("model_type") if isinstance(d, dict) else type(d).__name__
-        raise CheckpointError(f"{file}: model_type is {kind!r}; only 'bert' is supported")
+        raise CheckpointError(f"{file}: model_type is {kind!r}; supported: "
+                              f"{', '.join(MODEL_TYPES)}")
     if d.get("position_embedding_type", "absolute") != "absolute":
         raise CheckpointError(f"{file}: position_embedding_type must be 'absolute'")
-    return BertConfig.from_dict(d)
+    return CONFIG_MAPPING[d["model_type"]].from_dict(d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,14 +123,15 @@ def load_config(path: str):
 # ----------------------------------------------------------------------------------------------
 
 
-def hf_to_flax_name(name: str) -> tuple[str | None, bool]:
+def hf_to_flax_name(name: str, layout: Layout = BERT) -> tuple[str | None, bool]:
     """``(flax_path, transpose)`` for a PyTorch name; ``flax_path`` is None for ignored names."""
-    name = name.removeprefix("bert.")
-    if name.startswith("cls.") or name.endswith(("position_ids", "embeddings.token_type_ids")):
+    name = name.removeprefix(layout.prefix + ".")
+    if name.startswith(layout.ignored) or name.endswith(("position_ids",
+                                                         "embeddings.token_type_ids")):
         return None, False
     *module, leaf = name.split(".")
     owner = module[-1] if module else ""
-    if owner == "LayerNorm":
+    if owner == "LayerNorm" or owner.endswith("layer_norm"):
         leaf = {"weight": "scale", "gamma": "scale", "beta": "bias"}.get(leaf, leaf)
         transpose = False
     elif owner.endswith("_embeddings") and leaf == "weight":
@@ -133,14 +140,15 @@ def hf_to_flax_name(name: str) -> tuple[str | None, bool]:
         leaf, transpose = "kernel", True
     else:
         transpose = False
-    prefix = ["bert"] if module and module[0] in ("embeddings", "encoder", "pooler") else []
+    prefix = [layout.prefix] if module and module[0] in layout.children else []
     return "/".join(prefix + module + [leaf]), transpose
 
 
-def flax_to_hf_name(path: str, head: str | None) -> tuple[str, bool]:
-    """``(torch_name, transpose)`` for a Flax path; BertModel names (no ``bert.``) if head None."""
+def flax_to_hf_name(path: str, head: str | None, layout: Layout = BERT) -> tuple[str, bool]:
+    """``(torch_name, transpose)`` for a Flax path; bare-encoder names (``BertModel``: no
+    ``bert.``) if head None."""
     parts = path.split("/")
-    if head is None and parts[0] == "bert":
+    if head is None and parts[0] == layout.prefix:
         parts = parts[1:]
     *module, leaf = parts
     transpose = leaf == "kernel"
@@ -148,14 +156,15 @@ def flax_to_hf_name(path: str, head: str | None) -> tuple[str, bool]:
     return ".".join(module + [leaf]), transpose
 
 
-def hf_state_dict_to_flax(state: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], list[str]]:
+def hf_state_dict_to_flax(state: Mapping[str, Any], layout: Layout = BERT
+                          ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Flat ``{flax_path: float32 array}`` and the list of names that map to nothing known."""
     flat, unknown = {}, []
     for name, value in state.items():
-        path, transpose = hf_to_flax_name(name)
+        path, transpose = hf_to_flax_name(name, layout)
         if path is None:
             continue
-        if not path.startswith(("bert/", "classifier/", "qa_outputs/")):
+        if not path.startswith(tuple(f"{p}/" for p in (layout.prefix, *layout.heads))):
             unknown.append(name)
             continue
         value = np.asarray(value, np.float32)
@@ -163,12 +172,13 @@ def hf_state_dict_to_flax(state: Mapping[str, Any]) -> tuple[dict[str, np.ndarra
     return flat, unknown
 
 
-def flax_to_hf_state_dict(params: Any, head: str | None) -> dict[str, np.ndarray]:
-    """PyTorch-named, contiguous float32 numpy arrays of a Flax ``Bert`` params tree."""
+def flax_to_hf_state_dict(params: Any, head: str | None, layout: Layout = BERT
+                          ) -> dict[str, np.ndarray]:
+    """PyTorch-named, contiguous float32 numpy arrays of a Flax params tree of ``layout``."""
     flat = traverse_util.flatten_dict(_unfreeze(params), sep="/")
     out = {}
     for path, value in flat.items():
-        name, transpose = flax_to_hf_name(path, head)
+        name, transpose = flax_to_hf_name(path, head, layout)
         value = np.asarray(value, np.float32)
         out[name] = np.ascontiguousarray(value.T if transpose else value)
     return out
@@ -202,7 +212,7 @@ def _read_torch(file: str) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in state.items()}
 
 
-def _read_msgpack(file: str) -> dict[str, np.ndarray]:
+def _read_msgpack(file: str, layout: Layout) -> dict[str, np.ndarray]:
     from flax.serialization import msgpack_restore
 
     with open(file, "rb") as f:
@@ -210,14 +220,14 @@ def _read_msgpack(file: str) -> dict[str, np.ndarray]:
     if not isinstance(tree, Mapping):
         raise CheckpointError(f"{file} does not hold a parameter tree")
     tree = tree.get("params", tree)
-    if "bert" not in tree and "embeddings" in tree:  # a FlaxBertModel checkpoint
-        tree = {**{k: v for k, v in tree.items() if k not in ("embeddings", "encoder", "pooler")},
-                "bert": {k: tree[k] for k in ("embeddings", "encoder", "pooler") if k in tree}}
+    if layout.prefix not in tree and "embeddings" in tree:  # a FlaxBertModel checkpoint
+        tree = {**{k: v for k, v in tree.items() if k not in layout.children},
+                layout.prefix: {k: tree[k] for k in layout.children if k in tree}}
     flat = traverse_util.flatten_dict(tree, sep="/")
     return {k: np.asarray(v, np.float32) for k, v in flat.items()}
 
 
-def read_weights(path: str) -> tuple[str, dict[str, np.ndarray]]:
+def read_weights(path: str, layout: Layout = BERT) -> tuple[str, dict[str, np.ndarray]]:
     """``(file, flat Flax-named params)`` from the first weights file found in ``path``, in the
     order safetensors, sharded safetensors, PyTorch .bin, Flax msgpack."""
     for fname in WEIGHT_FILES:
@@ -226,7 +236,7 @@ def read_weights(path: str) -> tuple[str, dict[str, np.ndarray]]:
             continue
         try:
             if fname == "flax_model.msgpack":
-                return file, _read_msgpack(file)
+                return file, _read_msgpack(file, layout)
             if fname == "model.safetensors":
                 state = _read_safetensors(file)
             elif fname.endswith(".index.json"):
@@ -242,9 +252,10 @@ def read_weights(path: str) -> tuple[str, dict[str, np.ndarray]]:
         except Exception as e:  # truncated / corrupt files raise many different types
             raise CheckpointError(
                 f"cannot read weights file {file}: {type(e).__name__}: {e}") from e
-        flat, unknown = hf_state_dict_to_flax(state)
+        flat, unknown = hf_state_dict_to_flax(state, layout)
         if unknown:
-            raise CheckpointError(f"{file}: unexpected weights {sorted(unknown)}")
+            raise CheckpointError(f"{file}: unexpected weights {_first(unknown)} (the config's "
+                                  f"model_type reads {layout.prefix} checkpoints)")
         return file, flat
     raise CheckpointError(f"no weights file in {path!r}; expected one of {', '.join(WEIGHT_FILES)}")
 
@@ -254,14 +265,20 @@ def read_weights(path: str) -> tuple[str, dict[str, np.ndarray]]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _group(path: str) -> str:
-    if path.startswith(("bert/embeddings/", "bert/encoder/")):
-        return "encoder"
-    if path.startswith("bert/pooler/"):
-        return "pooler"
-    if path.startswith(("classifier/", "qa_outputs/")):
-        return "head"
-    return "other"
+def _group(path: str, layout: Layout) -> str:
+    top, _, child = path.partition("/")
+    child = child.split("/")[0]
+    if top == layout.prefix and child in layout.children:
+        return "pooler" if child == "pooler" else "encoder"
+    return "head" if top in layout.heads else "other"
+
+
+def _first(names: list[str]) -> str:
+    """The first of ``names`` (sorted), and how many more: one line for any checkpoint."""
+    if not names:
+        return "none"
+    more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
+    return f"{sorted(names)[0]}{more}"
 
 
 def match_params(flat: dict[str, np.ndarray], module: Bert, seed: int = 0,
@@ -273,21 +290,24 @@ def match_params(flat: dict[str, np.ndarray], module: Bert, seed: int = 0,
     mis-shaped ones raise (e.g. a classifier for another ``num_labels``).
     """
     expected = param_shapes(module)
-    unexpected = sorted(p for p in flat if p not in expected and _group(p) in ("encoder", "other"))
-    missing = sorted(p for p in expected if p not in flat and _group(p) == "encoder")
+    layout = layout_of(module.spec.model_type)
+    unexpected = sorted(p for p in flat
+                        if p not in expected and _group(p, layout) in ("encoder", "other"))
+    missing = sorted(p for p in expected if p not in flat and _group(p, layout) == "encoder")
     if missing or unexpected:
         raise CheckpointError(
-            f"{source} does not match the config: missing encoder weights {missing or 'none'}; "
-            f"unexpected weights {unexpected or 'none'}"
+            f"{source} does not match the config: missing encoder weights {_first(missing)}; "
+            f"unexpected weights {_first(unexpected)}"
         )
     bad = [f"{p}: {source} {flat[p].shape} vs config {expected[p]}"
            for p in expected if p in flat and flat[p].shape != expected[p]]
     if bad:
         hint = ""
-        if any(p.startswith("classifier/") for p in bad):
-            hint = f" (the checkpoint's classifier has {flat['classifier/bias'].shape[0]} labels,"
+        logits = layout.logits + "/"
+        if any(p.startswith(logits) for p in bad):
+            hint = f" (the checkpoint's classifier has {flat[logits + 'bias'].shape[0]} labels,"
             hint += f" {module.num_labels} requested)"
-        raise CheckpointError(f"{source}: shape mismatch{hint}: " + "; ".join(bad))
+        raise CheckpointError(f"{source}: shape mismatch{hint}: {_first(bad)}")
     dropped = sorted(p for p in flat if p not in expected)
     if dropped:
         log.info("%s: ignoring weights unused by head=%r: %s", source, module.head, dropped)
@@ -315,7 +335,7 @@ def load_pretrained(
     dtype=jnp.float32,
     seed: int = 0,
 ) -> Pretrained:
-    """Module, float32 params, ``BertConfig`` and local directory of a BERT checkpoint.
+    """Module, float32 params, config and local directory of a checkpoint (``load_config``).
 
     ``head``: None (encoder + pooler), ``"classification"`` (``num_labels`` outputs; 1 means
     regression) or ``"qa"`` (start/end logits). ``dtype`` is the compute dtype. The returned
@@ -337,7 +357,7 @@ def load_pretrained(
             config.problem_type = None
     elif head == "qa":
         config.num_labels = 2
-    file, flat = read_weights(path)
+    file, flat = read_weights(path, layout_of(config.model_type))
     params = match_params(flat, module, seed, source=file)
     return Pretrained(module, params, config, path)
 
@@ -348,6 +368,10 @@ def load_tokenizer(path: str | os.PathLike | None = None):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(path)
+    if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_VOCABS):
+        # transformers 5 would build an empty tokenizer
+        raise CheckpointError(f"no tokenizer in {path!r}: expected one of "
+                              f"{', '.join(TOKENIZER_VOCABS)}")
     try:
         return AutoTokenizer.from_pretrained(path)
     except Exception as e:
