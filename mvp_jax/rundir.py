@@ -1,6 +1,6 @@
 """A run directory: what a run writes there, checking it before any write, atomic JSON, a lock,
-and reading a run back (``restore_run``: its config and its latest checkpoint's params and
-scores, without its data or its optimizer).
+reading a run back (``restore_run``: its config and its latest checkpoint's params and
+scores, without its data or its optimizer) and exporting it (``export_run``).
 
 A run directory holds exactly these entries (``RUN_ENTRIES``); ``--overwrite`` removes these
 and nothing else, so a user's own files beside them are never deleted::
@@ -19,7 +19,6 @@ import os
 import shutil
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,23 +159,6 @@ class RunLock:
         self.release()
 
 
-def pause_for_test(point: str) -> None:
-    """Test hook: with ``MVP_JAX_TEST_PAUSE=point[:n]`` the n-th (default first) arrival at
-    ``point`` (``step``, ``eval``, ``save``, ``export``) prints ``paused at point`` to stderr
-    and sleeps, so a test can kill the process at a reproducible moment."""
-    spec = os.environ.get("MVP_JAX_TEST_PAUSE")
-    if not spec or spec.split(":")[0] != point:
-        return
-    pause_for_test.count[point] = pause_for_test.count.get(point, 0) + 1
-    nth = int(spec.split(":")[1]) if ":" in spec else 1
-    if pause_for_test.count[point] == nth:
-        print(f"paused at {point}", file=sys.stderr, flush=True)
-        time.sleep(float(os.environ.get("MVP_JAX_TEST_PAUSE_S", "600")))
-
-
-pause_for_test.count = {}
-
-
 # ----------------------------------------------------------------------------------------------
 # Reading a run back: its config and checkpoints
 # ----------------------------------------------------------------------------------------------
@@ -244,3 +226,32 @@ def restore_run(run_dir: str) -> RestoredRun:
                           num_labels=spec.num_labels)
     return RestoredRun(cfg=cfg, pretrained=pre, step=int(saved["step"]), params=saved["params"],
                        scores=saved.get("scores") or {})
+
+
+def export_run(run_dir: str, output_dir: str, *, compressed: str | None = None,
+               overwrite: bool = False) -> dict:
+    """Final masks of the latest checkpoint applied (``W * M``), written as a Hugging Face
+    directory (``mvp_jax.export.export_hf``) and, with ``compressed``, as a compressed file
+    (``mvp_jax.compressed``); returns a JSON-ready report."""
+    import jax
+
+    from mvp_jax import compressed as packed
+    from mvp_jax import data, masking
+    from mvp_jax.export import count_remaining, export_hf
+
+    if compressed:  # before the work: refused now rather than after the export
+        packed.check_replaceable(os.path.abspath(compressed), overwrite)
+    run = restore_run(run_dir)
+    prune, spec, pre = run.cfg.prune, data.task_from_config(run.cfg.task), run.pretrained
+    masks = masking.final_masks(prune, run.params, run.scores,
+                                num_heads=pre.config.num_attention_heads)
+    masked = jax.device_get(masking.multiply_masks(run.params, masks))
+    export_hf(output_dir, masked, pre.config, spec.head, tokenizer_path=pre.path,
+              num_labels=spec.num_labels, overwrite=overwrite,
+              label_names=spec.label_names or None)
+    counts = count_remaining(masked, masking.patterns_of(prune))
+    report = {"export": output_dir, "step": run.step, "remaining_weights": counts["fraction"]}
+    if compressed:
+        packed.save_compressed(compressed, masked, pre.config, spec.head, overwrite=overwrite)
+        report["compressed"] = packed.compression_report(compressed)
+    return report

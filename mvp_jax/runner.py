@@ -45,11 +45,11 @@ from mvp_jax import masking
 from mvp_jax import sharding as shd
 from mvp_jax.checkpoint import CheckpointManager
 from mvp_jax.distill import permute_classifier, teacher_label_permutation
+from mvp_jax.hooks import pause_for_test
 from mvp_jax.optim import make_optimizer
 from mvp_jax.rundir import (
     RunError,
     RunLock,
-    pause_for_test,
     prepare_output_dir,
     remove_run_files,
     write_json,
