@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import sys
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,32 +110,63 @@ def _alive(pid: int) -> bool:
 
 class RunLock:
     """``run.lock`` (host and pid of the owner), created with ``O_EXCL``: one process at a time
-    runs in a directory. A lock of a dead process on this host is stale and taken over."""
+    runs in a directory. A lock of a dead process on this host (or an unreadable one) is stale
+    and taken over (``_take_over``), safely when several processes race for it."""
 
     def __init__(self, output_dir: str):
         self.path = os.path.join(output_dir, LOCK)
         self.held = False
 
-    def _owner(self) -> tuple[str, int] | None:
+    @staticmethod
+    def _read(path: str) -> tuple[bytes, int] | None:
+        """``(contents, inode)`` of a lock file, None when there is none."""
         try:
-            with open(self.path) as f:
-                info = json.load(f)
-            return str(info["host"]), int(info["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
+            with open(path, "rb") as f:
+                return f.read(), os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
             return None
+
+    @staticmethod
+    def _owner(contents: bytes) -> tuple[str, int] | None:
+        """``(host, pid)`` written in a lock, None when unreadable."""
+        try:
+            info = json.loads(contents)
+            return str(info["host"]), int(info["pid"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _take_over(self, seen: tuple[bytes, int], who: str) -> None:
+        """Remove the stale lock ``seen`` (``_read``) and no other: it is renamed to a unique
+        name (atomic: of processes racing for it, one gets it), then checked to be the file
+        judged stale; a lock created meanwhile by a winner of the race is put back."""
+        aside = f"{self.path}.{uuid.uuid4().hex}.stale"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:  # another process took it over first
+            return
+        if self._read(aside) != seen:  # a live lock, not the one judged stale: put back
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        else:
+            print(f"mvp-jax: warning: taking over the stale lock {self.path} ({who})",
+                  file=sys.stderr)
+        os.remove(aside)
 
     def acquire(self) -> RunLock:
         me = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
-        for _ in range(2):
+        for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                owner = self._owner()
+                seen = self._read(self.path)
+                if seen is None:  # removed meanwhile: try again
+                    continue
+                owner = self._owner(seen[0])
                 if owner is None or (owner[0] == socket.gethostname() and not _alive(owner[1])):
                     who = "unreadable" if owner is None else f"pid {owner[1]}, no longer running"
-                    print(f"mvp-jax: warning: taking over the stale lock {self.path} ({who})",
-                          file=sys.stderr)
-                    os.remove(self.path)
+                    self._take_over(seen, who)
                     continue
                 raise RunError(f"{os.path.dirname(self.path)!r} is in use by another run "
                                f"(pid {owner[1]} on {owner[0]}; lock {self.path})") from None
