@@ -220,7 +220,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from mvp_jax.export import export_run
+    from mvp_jax.rundir import export_run
 
     report = export_run(args.run, args.output_dir, compressed=args.compressed, overwrite=args.overwrite)
     print(json.dumps(report, indent=2, default=float))

@@ -33,9 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mvp_jax.export import ExportError, export_hf
+from mvp_jax.masking import multiply_masks
 from mvp_jax.models.bert import ACTIVATIONS, BertSpec
 from mvp_jax.models.layout import layout_of, layout_of_path
-from mvp_jax.structured import UNITS, expand, is_unit_path, layers, members
+from mvp_jax.structured import UNITS, layers, members, to_weight_masks
 from mvp_jax.tree import flatten, unflatten
 
 PER_LAYER = ("layer_num_heads", "layer_intermediate_sizes")
@@ -98,15 +99,9 @@ def _remove_dead(flat: dict, layer: str, kind: str, d: int, act) -> int:
 
 
 def _masked_flat(params: Any, masks: dict | None) -> dict[str, np.ndarray]:
-    """Flat float32 numpy ``W * M``; unit masks are expanded to their kernels first."""
-    masks = dict(masks or {})
-    units = {p: m for p, m in masks.items() if is_unit_path(p)}
-    weights = {p: m for p, m in masks.items() if not is_unit_path(p)}
-    weights.update(expand(units, params) if units else {})
-    flat = {k: np.asarray(v, np.float32) for k, v in flatten(params).items()}
-    for path, m in weights.items():
-        flat[path] = flat[path] * np.asarray(m, np.float32)
-    return flat
+    """Flat float32 numpy ``W * M``, unit masks expanded to their kernels (``to_weight_masks``)."""
+    masked = multiply_masks(params, to_weight_masks(dict(masks or {}), params))
+    return {k: np.asarray(v, np.float32) for k, v in flatten(masked).items()}
 
 
 def compact_params(params: Any, masks: dict | None, config: Any) -> tuple[dict, Any]:

@@ -14,12 +14,16 @@ from mvp_jax import sharding as shd
 from mvp_jax.train import model_heads, model_inputs
 
 
-def model_labels(model_dir: str) -> tuple[str, ...] | None:
-    """The class names of a classification model directory (its ``id2label`` in index order;
-    transformers' generic ``LABEL_i`` read as ``"i"``), None for one output (regression)."""
+def _model_config(model_dir: str):
+    """The config.json of a model directory (or hub name)."""
     from mvp_jax.models import load_config, resolve_model_path
 
-    config = load_config(resolve_model_path(model_dir))
+    return load_config(resolve_model_path(model_dir))
+
+
+def _labels_of(config) -> tuple[str, ...] | None:
+    """The class names of a classification config (its ``id2label`` in index order;
+    transformers' generic ``LABEL_i`` read as ``"i"``), None for one output (regression)."""
     if config.num_labels < 2:
         return None
     names = [str(config.id2label.get(i, config.id2label.get(str(i), f"LABEL_{i}")))
@@ -29,27 +33,30 @@ def model_labels(model_dir: str) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def model_kind(model_dir: str) -> str:
-    """``qa``, ``regression`` (one output) or ``classification``, from a model's config.json."""
-    from mvp_jax.models import load_config, resolve_model_path
-
-    config = load_config(resolve_model_path(model_dir))
+def _kind_of(config) -> str:
+    """``qa``, ``regression`` (one output) or ``classification``, of a model config."""
     if any("QuestionAnswering" in a for a in (config.architectures or ())):
         return "qa"
     return "regression" if config.num_labels == 1 else "classification"
 
 
+def model_kind(model_dir: str) -> str:
+    """``qa``, ``regression`` (one output) or ``classification``, from a model's config.json."""
+    return _kind_of(_model_config(model_dir))
+
+
 def _own_task_for_model(task, model_dir: str):
     """``task`` (your own data) with the model's kind when null, and the model's class names:
-    its outputs mean them (``task.labels`` must agree, unless the model's are generic)."""
+    its outputs mean them (``task.labels`` must agree, unless the model's are generic).
+    Reads the model's config.json once."""
     from mvp_jax.data import DataError
 
-    kind = model_kind(model_dir)
+    config = _model_config(model_dir)
     if task.kind is None:
-        task = task.replace(kind=kind)
+        task = task.replace(kind=_kind_of(config))
     if task.kind != "classification":
         return task
-    names = model_labels(model_dir)
+    names = _labels_of(config)
     if names is None:
         raise DataError(f"{task.name}: task.kind classification, but the model in {model_dir} "
                         f"has one output (regression)")

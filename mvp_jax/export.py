@@ -1,7 +1,8 @@
-"""Export a pruned model: Hugging Face directory ("bertarize") and remaining-weight counts;
-``export_run`` does both (and the compressed file of ``mvp_jax.compressed``) for a run.
+"""Export a pruned model: Hugging Face directory ("bertarize") and remaining-weight counts
+(``mvp_jax.rundir.export_run`` does both, and the compressed file of ``mvp_jax.compressed``,
+for a run).
 
-All functions but ``export_run`` take params that are already masked (``W * M`` applied, e.g. by
+All functions take params that are already masked (``W * M`` applied, e.g. by
 ``mvp_jax.masking.multiply_masks``); scores play no part here.
 """
 
@@ -12,7 +13,6 @@ import shutil
 import tempfile
 from typing import Any, Iterable
 
-import jax
 import numpy as np
 
 from mvp_jax import tree
@@ -230,41 +230,10 @@ def format_counts(counts: dict) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------------------------
-# A run's latest checkpoint
-# ----------------------------------------------------------------------------------------------
-
-
-def export_run(run_dir: str, output_dir: str, *, compressed: str | None = None,
-               overwrite: bool = False) -> dict:
-    """Final masks of the latest checkpoint applied, written as a Hugging Face directory (and,
-    with ``compressed``, as a compressed file); returns a JSON-ready report."""
-    from mvp_jax import compressed as packed
-    from mvp_jax import data, rundir
-
-    if compressed:  # before the work: refused now rather than after the export
-        packed.check_replaceable(os.path.abspath(compressed), overwrite)
-    run = rundir.restore_run(run_dir)
-    prune, spec, pre = run.cfg.prune, data.task_from_config(run.cfg.task), run.pretrained
-    masks = masking.final_masks(prune, run.params, run.scores,
-                                num_heads=pre.config.num_attention_heads)
-    masked = jax.device_get(masking.multiply_masks(run.params, masks))
-    export_hf(output_dir, masked, pre.config, spec.head, tokenizer_path=pre.path,
-              num_labels=spec.num_labels, overwrite=overwrite,
-              label_names=spec.label_names or None)
-    counts = count_remaining(masked, masking.patterns_of(prune))
-    report = {"export": output_dir, "step": run.step, "remaining_weights": counts["fraction"]}
-    if compressed:
-        packed.save_compressed(compressed, masked, pre.config, spec.head, overwrite=overwrite)
-        report["compressed"] = packed.compression_report(compressed)
-    return report
-
-
 __all__ = [
     "ExportError",
     "checked_num_labels",
     "count_remaining",
     "export_hf",
-    "export_run",
     "format_counts",
 ]

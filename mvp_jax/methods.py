@@ -3,13 +3,14 @@
 A method says what it is (class attributes, read by config validation, the train step, plots
 and the sweep) and how it masks (pure functions of flat ``{path: array}`` dicts of the prunable
 weights and their scores). Importing this module imports no JAX; the mask functions import
-:mod:`mvp_jax.masking` when called. Adding a method is one class plus one registry line::
+the primitives of :mod:`mvp_jax.binarizers` when called (the layer below; the policy of
+:mod:`mvp_jax.masking` is the layer above). Adding a method is one class plus one registry line::
 
     @dataclass(frozen=True)
-    class Random(TopV):
-        name = "random"
+    class Magnitude(TopV):
+        name = "magnitude"
         def selection(self, weights, scores):            # what Top-v ranks
-            return {p: random_scores(w, p) for p, w in weights.items()}
+            return {p: jnp.abs(w) for p, w in weights.items()}
 
 ``prune.initial_threshold`` / ``final_threshold`` mean what ``Method.threshold`` says:
 ``fraction`` (the fraction ``v`` of weights kept, Top-v), ``sigmoid`` (``tau`` of
@@ -48,6 +49,10 @@ class Method:
     def prunes(self) -> bool:
         return self.threshold != "none"
 
+    def draw_scores(self, weights: Flat) -> Flat:
+        """Fixed scores of ``weights``, drawn once per run and never trained (``{}``: none)."""
+        return {}
+
     def masks(self, weights: Flat, scores: Flat, threshold, *, rng=None, train: bool = True,
               global_topk: bool = False) -> Flat:
         """``{path: M}`` for the prunable ``weights`` (their ``scores`` when learned)."""
@@ -68,13 +73,13 @@ class TopV(Method):
     granularities: ClassVar[tuple[str, ...]] = GRANULARITIES
 
     def selection(self, weights: Flat, scores: Flat) -> Flat:
-        """What Top-v ranks, per path."""
-        raise NotImplementedError
+        """What Top-v ranks, per path: the scores (learned or fixed) unless overridden."""
+        return {p: scores[p] for p in weights}
 
     def masks(self, weights, scores, threshold, *, rng=None, train=True, global_topk=False):
         import jax
 
-        from mvp_jax.masking import topk_mask
+        from mvp_jax.binarizers import topk_mask
 
         selected = self.selection(weights, scores)
         if global_topk:
@@ -106,22 +111,25 @@ class Movement(TopV):
     label: ClassVar[str] = "Movement pruning"
     learns_scores: ClassVar[bool] = True
 
-    def selection(self, weights, scores):
-        return {p: scores[p] for p in weights}
-
 
 @dataclass(frozen=True)
 class Random(TopV):
-    """The control: ``M = Top_v(U)`` of fixed pseudo-random scores (``masking.random_scores``),
-    a mask that knows nothing of the weights or the task."""
+    """The control: ``M = Top_v(U)`` of fixed pseudo-random scores ``U`` (``draw_scores``: drawn
+    once, kept with the run's scores and never updated), a mask that knows nothing of the
+    weights or the task."""
 
     name: ClassVar[str] = "random"
     label: ClassVar[str] = "Random pruning (control)"
 
-    def selection(self, weights, scores):
-        from mvp_jax.masking import random_scores
+    def draw_scores(self, weights):
+        """``U ~ U(0, 1)`` per path, the same for every run (``binarizers.random_scores``)."""
+        from mvp_jax.binarizers import random_scores
 
         return {p: random_scores(w, p) for p, w in weights.items()}
+
+    def selection(self, weights, scores):
+        """The scores kept with the run; drawn here for a caller that keeps none."""
+        return super().selection(weights, scores) if scores else self.draw_scores(weights)
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,7 @@ class SoftMovement(Method):
     granularities: ClassVar[tuple[str, ...]] = GRANULARITIES
 
     def masks(self, weights, scores, threshold, *, rng=None, train=True, global_topk=False):
-        from mvp_jax.masking import threshold_mask
+        from mvp_jax.binarizers import threshold_mask
 
         return {p: threshold_mask(scores[p], threshold, sigmoid=True) for p in weights}
 
@@ -163,7 +171,7 @@ class L0(Method):
     def masks(self, weights, scores, threshold, *, rng=None, train=True, global_topk=False):
         import jax
 
-        from mvp_jax.masking import hard_concrete_mask
+        from mvp_jax.binarizers import hard_concrete_mask
 
         if train and rng is None:
             raise ValueError("l0 masks: a PRNG key is required when train=True")

@@ -3,7 +3,8 @@
 * ``decay``: weights, AdamW with ``lr_w(t)`` and decoupled weight decay ``wd``;
 * ``no_decay``: biases and LayerNorm, AdamW with ``lr_w(t)`` and no decay;
 * ``scores``: the importance scores, Adam with their own ``lr_s(t)`` (default 1e-2), no decay;
-* ``frozen``: embeddings (by default), zero update and no optimizer state.
+* ``frozen``: embeddings (by default), and fixed scores (``freeze_scores``: the random
+  control's), zero update and no optimizer state.
 
 ``optimizer="reference_adamw"`` (the default) is the AdamW of transformers of 2020 that the
 paper's code uses (:func:`reference_adamw`); ``"adamw"`` is ``optax.adamw`` / ``optax.adam``.
@@ -127,8 +128,10 @@ def reference_adamw(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: 
 # ----------------------------------------------------------------------------------------------
 
 
-def param_labels(tree: Any, no_decay: Iterable[str] = NO_DECAY, frozen: Iterable[str] = FROZEN):
-    """Group label of every leaf of ``{"params", "scores"}``: decay | no_decay | scores | frozen.
+def param_labels(tree: Any, no_decay: Iterable[str] = NO_DECAY, frozen: Iterable[str] = FROZEN,
+                 freeze_scores: bool = False):
+    """Group label of every leaf of ``{"params", "scores"}``: decay | no_decay | scores | frozen
+    (the scores too with ``freeze_scores``).
 
     ``optax.MaskedNode`` subtrees (frozen leaves left out of a gradient) stay as they are."""
     no_decay = [re.compile(p) for p in no_decay]
@@ -137,7 +140,7 @@ def param_labels(tree: Any, no_decay: Iterable[str] = NO_DECAY, frozen: Iterable
     def label(keys, _):
         path = path_str(keys)
         if path.startswith("scores/"):
-            return "scores"
+            return "frozen" if freeze_scores else "scores"
         if any(r.search(path) for r in frozen):
             return "frozen"
         if any(r.search(path) for r in no_decay):
@@ -160,14 +163,15 @@ class Optimizer:
     weights_lr: optax.Schedule
     scores_lr: optax.Schedule
     frozen: tuple[str, ...] = FROZEN
+    freeze_scores: bool = False
 
     def learning_rates(self, step) -> dict[str, jax.Array]:
         return {"lr_weights": self.weights_lr(step), "lr_scores": self.scores_lr(step)}
 
     def trainable(self, tree: Any) -> Any:
         """A tree of Python bools, False at the frozen leaves of ``tree``."""
-        return jax.tree_util.tree_map(lambda label: label != "frozen",
-                                      param_labels(tree, frozen=self.frozen))
+        labels = param_labels(tree, frozen=self.frozen, freeze_scores=self.freeze_scores)
+        return jax.tree_util.tree_map(lambda label: label != "frozen", labels)
 
     def split(self, tree: Any) -> tuple[Any, Any]:
         """``(trainable, frozen)``: two trees of ``tree``'s structure, each with
@@ -206,9 +210,10 @@ def make_optimizer(
     freeze_embeddings: bool = True,
     frozen: Iterable[str] | None = None,
     optimizer: str = "reference_adamw",
+    freeze_scores: bool = False,
 ) -> Optimizer:
-    """AdamW for weights, Adam with its own LR for scores, nothing for frozen leaves; global-norm
-    clipping over the trainable leaves. ``optimizer``: ``reference_adamw`` (the paper's code,
+    """AdamW for weights, Adam with its own LR for scores, nothing for frozen leaves (and for the
+    scores with ``freeze_scores``); global-norm clipping over the trainable leaves. ``optimizer``: ``reference_adamw`` (the paper's code,
     :func:`reference_adamw`) or ``adamw`` (``optax.adamw``, ``optax.adam`` for the scores)."""
     if optimizer not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
@@ -222,7 +227,7 @@ def make_optimizer(
     groups = optax.multi_transform(
         {**_group_transforms(optimizer, weights_lr, scores_lr, weight_decay, adam_epsilon),
          "frozen": optax.set_to_zero()},
-        lambda tree: param_labels(tree, frozen=frozen),
+        lambda tree: param_labels(tree, frozen=frozen, freeze_scores=freeze_scores),
     )
     chain = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
-    return Optimizer(optax.chain(*chain, groups), weights_lr, scores_lr, frozen)
+    return Optimizer(optax.chain(*chain, groups), weights_lr, scores_lr, frozen, freeze_scores)

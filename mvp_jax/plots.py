@@ -124,8 +124,7 @@ def load_run_weights(run_dir: str) -> RunWeights:
     # what the masks were selected from: the learned scores (a unit's score for each of its
     # weights), or |W|
     learned = tree.flatten(run.scores) if method.learns_scores else {}
-    if learned and run.cfg.prune.granularity != "weight":
-        learned = structured.expand(learned, run.params)
+    learned = structured.expand(learned, run.params)
     flat_scores = {p: learned.get(p, np.abs(flat_fin[p])) for p in masks}
     return RunWeights(
         run_dir=os.fspath(run_dir), method=method.name, step=run.step,

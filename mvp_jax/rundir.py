@@ -1,6 +1,6 @@
 """A run directory: what a run writes there, checking it before any write, atomic JSON, a lock,
-and reading a run back (``restore_run``: its config and its latest checkpoint's params and
-scores, without its data or its optimizer).
+reading a run back (``restore_run``: its config and its latest checkpoint's params and
+scores, without its data or its optimizer) and exporting it (``export_run``).
 
 A run directory holds exactly these entries (``RUN_ENTRIES``); ``--overwrite`` removes these
 and nothing else, so a user's own files beside them are never deleted::
@@ -19,7 +19,7 @@ import os
 import shutil
 import socket
 import sys
-import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,32 +110,63 @@ def _alive(pid: int) -> bool:
 
 class RunLock:
     """``run.lock`` (host and pid of the owner), created with ``O_EXCL``: one process at a time
-    runs in a directory. A lock of a dead process on this host is stale and taken over."""
+    runs in a directory. A lock of a dead process on this host (or an unreadable one) is stale
+    and taken over (``_take_over``), safely when several processes race for it."""
 
     def __init__(self, output_dir: str):
         self.path = os.path.join(output_dir, LOCK)
         self.held = False
 
-    def _owner(self) -> tuple[str, int] | None:
+    @staticmethod
+    def _read(path: str) -> tuple[bytes, int] | None:
+        """``(contents, inode)`` of a lock file, None when there is none."""
         try:
-            with open(self.path) as f:
-                info = json.load(f)
-            return str(info["host"]), int(info["pid"])
-        except (OSError, ValueError, KeyError, TypeError):
+            with open(path, "rb") as f:
+                return f.read(), os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
             return None
+
+    @staticmethod
+    def _owner(contents: bytes) -> tuple[str, int] | None:
+        """``(host, pid)`` written in a lock, None when unreadable."""
+        try:
+            info = json.loads(contents)
+            return str(info["host"]), int(info["pid"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def _take_over(self, seen: tuple[bytes, int], who: str) -> None:
+        """Remove the stale lock ``seen`` (``_read``) and no other: it is renamed to a unique
+        name (atomic: of processes racing for it, one gets it), then checked to be the file
+        judged stale; a lock created meanwhile by a winner of the race is put back."""
+        aside = f"{self.path}.{uuid.uuid4().hex}.stale"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:  # another process took it over first
+            return
+        if self._read(aside) != seen:  # a live lock, not the one judged stale: put back
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        else:
+            print(f"mvp-jax: warning: taking over the stale lock {self.path} ({who})",
+                  file=sys.stderr)
+        os.remove(aside)
 
     def acquire(self) -> RunLock:
         me = json.dumps({"host": socket.gethostname(), "pid": os.getpid()})
-        for _ in range(2):
+        for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                owner = self._owner()
+                seen = self._read(self.path)
+                if seen is None:  # removed meanwhile: try again
+                    continue
+                owner = self._owner(seen[0])
                 if owner is None or (owner[0] == socket.gethostname() and not _alive(owner[1])):
                     who = "unreadable" if owner is None else f"pid {owner[1]}, no longer running"
-                    print(f"mvp-jax: warning: taking over the stale lock {self.path} ({who})",
-                          file=sys.stderr)
-                    os.remove(self.path)
+                    self._take_over(seen, who)
                     continue
                 raise RunError(f"{os.path.dirname(self.path)!r} is in use by another run "
                                f"(pid {owner[1]} on {owner[0]}; lock {self.path})") from None
@@ -158,23 +189,6 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def pause_for_test(point: str) -> None:
-    """Test hook: with ``MVP_JAX_TEST_PAUSE=point[:n]`` the n-th (default first) arrival at
-    ``point`` (``step``, ``eval``, ``save``, ``export``) prints ``paused at point`` to stderr
-    and sleeps, so a test can kill the process at a reproducible moment."""
-    spec = os.environ.get("MVP_JAX_TEST_PAUSE")
-    if not spec or spec.split(":")[0] != point:
-        return
-    pause_for_test.count[point] = pause_for_test.count.get(point, 0) + 1
-    nth = int(spec.split(":")[1]) if ":" in spec else 1
-    if pause_for_test.count[point] == nth:
-        print(f"paused at {point}", file=sys.stderr, flush=True)
-        time.sleep(float(os.environ.get("MVP_JAX_TEST_PAUSE_S", "600")))
-
-
-pause_for_test.count = {}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,3 +258,32 @@ def restore_run(run_dir: str) -> RestoredRun:
                           num_labels=spec.num_labels)
     return RestoredRun(cfg=cfg, pretrained=pre, step=int(saved["step"]), params=saved["params"],
                        scores=saved.get("scores") or {})
+
+
+def export_run(run_dir: str, output_dir: str, *, compressed: str | None = None,
+               overwrite: bool = False) -> dict:
+    """Final masks of the latest checkpoint applied (``W * M``), written as a Hugging Face
+    directory (``mvp_jax.export.export_hf``) and, with ``compressed``, as a compressed file
+    (``mvp_jax.compressed``); returns a JSON-ready report."""
+    import jax
+
+    from mvp_jax import compressed as packed
+    from mvp_jax import data, masking
+    from mvp_jax.export import count_remaining, export_hf
+
+    if compressed:  # before the work: refused now rather than after the export
+        packed.check_replaceable(os.path.abspath(compressed), overwrite)
+    run = restore_run(run_dir)
+    prune, spec, pre = run.cfg.prune, data.task_from_config(run.cfg.task), run.pretrained
+    masks = masking.final_masks(prune, run.params, run.scores,
+                                num_heads=pre.config.num_attention_heads)
+    masked = jax.device_get(masking.multiply_masks(run.params, masks))
+    export_hf(output_dir, masked, pre.config, spec.head, tokenizer_path=pre.path,
+              num_labels=spec.num_labels, overwrite=overwrite,
+              label_names=spec.label_names or None)
+    counts = count_remaining(masked, masking.patterns_of(prune))
+    report = {"export": output_dir, "step": run.step, "remaining_weights": counts["fraction"]}
+    if compressed:
+        packed.save_compressed(compressed, masked, pre.config, spec.head, overwrite=overwrite)
+        report["compressed"] = packed.compression_report(compressed)
+    return report

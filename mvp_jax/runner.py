@@ -45,11 +45,11 @@ from mvp_jax import masking
 from mvp_jax import sharding as shd
 from mvp_jax.checkpoint import CheckpointManager
 from mvp_jax.distill import permute_classifier, teacher_label_permutation
+from mvp_jax.hooks import pause_for_test
 from mvp_jax.optim import make_optimizer
 from mvp_jax.rundir import (
     RunError,
     RunLock,
-    pause_for_test,
     prepare_output_dir,
     remove_run_files,
     write_json,
@@ -258,18 +258,14 @@ def _fine_prune_locked(cfg, setup: Setup, mesh, output_dir: str, resuming: bool,
     primary = shd.is_primary()
     t = cfg.train
     prune = cfg.prune
-    scores = {}
-    if learns_scores(prune.method):
-        scores = masking.init_scores(setup.params, prune.mask_init, prune.mask_scale,
-                                     rng=jax.random.PRNGKey(t.seed + 1),
-                                     patterns=masking.patterns_of(prune),
-                                     granularity=prune.granularity,
-                                     num_heads=model_heads(setup.module))
+    scores = masking.initial_scores(prune, setup.params, jax.random.PRNGKey(t.seed + 1),
+                                    num_heads=model_heads(setup.module))
     optimizer = make_optimizer(
         learning_rate=t.learning_rate, scores_learning_rate=t.scores_learning_rate,
         total_steps=setup.total_steps, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, adam_epsilon=t.adam_epsilon,
-        freeze_embeddings=t.freeze_embeddings, optimizer=t.optimizer)
+        freeze_embeddings=t.freeze_embeddings, optimizer=t.optimizer,
+        freeze_scores=not learns_scores(prune.method))
     state = init_state(setup.params, scores, optimizer, t.seed, rng_impl=t.rng_impl)
     state = shd.place(state, shd.tree_shardings(state, mesh))
     ckpt = CheckpointManager(os.path.join(output_dir, "checkpoints"), keep=t.keep_checkpoints)

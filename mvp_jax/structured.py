@@ -1,8 +1,13 @@
-"""Structured units for movement pruning: attention heads and FFN neurons (pure functions).
+"""What one score stands for (pure functions): a weight, an attention head or an FFN neuron.
+
+The one place that decides what a unit is, between the methods (which mask whatever they are
+given) and ``mvp_jax.masking`` (which applies a config's method to params): the prunable kernels
+(``prunable_paths``), what a method selects from (``selection_inputs``), the initial scores
+(``init_scores``), and weight masks from unit masks (``to_weight_masks``).
 
 Granularities (``GRANULARITIES``):
 
-* ``weight``: one score per weight, ``mvp_jax.masking`` as is; no units here.
+* ``weight``: one score per weight of the prunable kernels (``prunable_paths``): its own unit.
 * ``head``: one score per attention head ``h`` of a layer, shared by the columns
   ``h d:(h+1) d`` of the Q, K and V kernels ``(hidden, n d)`` and the same rows of the attention
   output kernel ``(n d, hidden)``, with ``d = hidden_size / num_attention_heads``. Only the four
@@ -18,10 +23,10 @@ Unit scores and unit masks are flat dicts of vectors, keyed by the layer's param
 
 (``prefix`` is what precedes ``encoder/`` in the params: ``bert/`` for ``mvp_jax.models.Bert``;
 each architecture's layer list and matrix paths are in ``mvp_jax.models.layout``).
-Selection is the existing ``mvp_jax.masking`` code applied to these dicts: ``topk_mask(s[p], v)``
+Selection is the methods' code (``mvp_jax.methods``) applied to these dicts: ``topk_mask(s[p], v)``
 per unit group (local: ``v`` of each layer's heads, of each layer's neurons) or
-``topk_mask(s, v)`` over the dict (global), ``threshold_mask``, ``hard_concrete_mask``,
-``magnitude_mask(unit_magnitudes(...), v)``. ``v`` is then a fraction of units, not of weights.
+``topk_mask(s, v)`` over the dict (global), ``threshold_mask``, ``hard_concrete_mask``, magnitude
+pruning of ``unit_magnitudes(...)``. ``v`` is then a fraction of units, not of weights.
 
 ``expand(unit_masks, params)`` broadcasts each unit mask ``m`` to its weights:
 ``M_ij = m_u(ij)``. The broadcast is linear, so its transpose sums: with the straight-through
@@ -38,17 +43,20 @@ remaining weights are counted on the kernels, as for ``weight``.
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any
+from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
 
 from mvp_jax.errors import UserError
+from mvp_jax.methods import GRANULARITIES
 from mvp_jax.models.layout import LAYOUTS, layout_of_path
-from mvp_jax.tree import flatten
+from mvp_jax.models.layout import PRUNABLE as DEFAULT_PRUNABLE
+from mvp_jax.tree import flatten, unflatten
 
-GRANULARITIES = ("weight", "head", "neuron", "hybrid")
+SCORE_INITS = ("constant", "uniform", "kaiming", "magnitude")
 UNIT_SCORE_INITS = ("constant", "uniform", "magnitude")
 
 # unit kind -> (unit path below the layer, ((matrix type, axis indexing units), ...)); the
@@ -140,16 +148,33 @@ def _reduce(x: jax.Array, units: int, axis: int) -> jax.Array:
     return line.reshape(units, -1).sum(axis=1) if units else jnp.zeros((0,), x.dtype)
 
 
-def expand(unit_masks: dict[str, jax.Array], params: Any) -> dict[str, jax.Array]:
-    """``{kernel path: M}``: every unit mask broadcast to the kernels of its units (Q/K/V
-    columns and attention-output rows for heads, FFN-in columns and FFN-out rows for neurons).
-    Differentiable; dtype of the masks."""
+def expand(values: dict[str, jax.Array], params: Any) -> dict[str, jax.Array]:
+    """``{kernel path: M}``: every unit vector broadcast to the kernels of its units (Q/K/V
+    columns and attention-output rows for heads, FFN-in columns and FFN-out rows for neurons),
+    ``M_ij = m_u(ij)``; entries of kernel paths are kept as they are. Differentiable; dtype of
+    the values."""
     flat = flatten(params)
     out = {}
-    for path, m in unit_masks.items():
+    for path, m in values.items():
+        if not is_unit_path(path):
+            out[path] = m
+            continue
         for kernel, axis in members(path):
             out[kernel] = _broadcast(jnp.asarray(m), tuple(flat[kernel].shape), axis)
     return out
+
+
+def to_weight_masks(masks: dict[str, jax.Array], params: Any) -> dict[str, jax.Array]:
+    """Masks of the prunable kernels from masks of selection paths: weight masks as they are,
+    unit masks broadcast to their weights (``expand``: linear, so a unit score's
+    straight-through gradient is Eq. (2) summed over its weights). Under unit masks, the
+    prunable kernels no unit covers (the FFN under ``head``) get ``M = 1``: they remain."""
+    expanded = expand(masks, params)
+    if not any(map(is_unit_path, masks)):
+        return expanded
+    kept = {p: jnp.ones(w.shape, jnp.float32) for p, w in prunable_weights(params).items()
+            if p not in expanded}
+    return {**kept, **expanded}
 
 
 def unit_sums(values: dict[str, jax.Array], counts: dict[str, int]) -> dict[str, jax.Array]:
@@ -177,40 +202,94 @@ def unit_magnitudes(params: Any, granularity: str, num_heads: int) -> dict[str, 
             for (path, s), n in zip(unit_sums(squares, counts).items(), counts.values())}
 
 
-def init_unit_scores(params: Any, granularity: str, num_heads: int, init: str = "constant",
-                     scale: float = 0.0, rng: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Unit scores ``{unit path: float32 [units]}``.
+def _heads(granularity: str, num_heads: int | None) -> int:
+    if num_heads is None:
+        raise UserError(f"granularity {granularity!r} needs the model's num_attention_heads")
+    return int(num_heads)
 
-    ``constant``: all ``scale``; ``uniform``: U(-scale, scale); ``magnitude``: ``S0 = scale *
-    rms_u / sqrt(mean_u rms_u^2)`` per unit group (``unit_magnitudes``), so Top-v of the initial
-    scores is magnitude pruning of units, as ``masking.init_scores`` does for weights.
+
+def prunable_paths(params: Any, patterns: Iterable[str] = DEFAULT_PRUNABLE) -> list[str]:
+    """'/'-joined key paths (``mvp_jax.tree``) of the parameters matched by any regex of
+    ``patterns`` (``re.search``), in leaf order. Raises for a pattern that matches nothing (the
+    default patterns span every architecture: of those, some must match)."""
+    patterns = tuple(patterns)
+    paths = list(flatten(params))
+    compiled = [re.compile(p) for p in patterns]
+    matched = [any(regex.search(path) for path in paths) for regex in compiled]
+    for pattern, found in zip(patterns, matched):
+        if not found and (pattern not in DEFAULT_PRUNABLE or not any(matched)):
+            raise UserError(
+                f"prunable pattern {pattern!r} matches no parameter; parameters are e.g. "
+                f"{', '.join(paths[:4])}"
+            )
+    return [path for path in paths if any(regex.search(path) for regex in compiled)]
+
+
+def prunable_weights(params: Any, patterns: Iterable[str] = DEFAULT_PRUNABLE) -> dict:
+    """``{path: W}`` of the prunable kernels."""
+    flat = flatten(params)
+    return {p: flat[p] for p in prunable_paths(params, patterns)}
+
+
+def selection_inputs(params: Any, patterns: Iterable[str] = DEFAULT_PRUNABLE,
+                     granularity: str = "weight", num_heads: int | None = None) -> dict:
+    """What a method selects from, per selection path: the prunable kernels ``{path: W}``
+    (``weight``), or one RMS magnitude per head / neuron ``{unit path: rms}`` (the others)."""
+    if granularity == "weight":
+        return prunable_weights(params, patterns)
+    return unit_magnitudes(params, granularity, _heads(granularity, num_heads))
+
+
+def init_scores(params: Any, init: str = "constant", scale: float = 0.0,
+                rng: jax.Array | None = None, patterns: Iterable[str] = DEFAULT_PRUNABLE, *,
+                granularity: str = "weight", num_heads: int | None = None) -> dict:
+    """Scores (nested dict) of the selection paths (``selection_inputs``): one per prunable
+    weight, or one per head / neuron. With ``x`` a path's input (``|W|``, or ``rms_u``):
+
+    ``constant``: all ``scale``; ``uniform``: U(-scale, scale); ``kaiming`` (weights only):
+    torch's ``kaiming_uniform_(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with the
+    Flax kernel layout ``(fan_in, fan_out)``, the scale ignored as in the reference;
+    ``magnitude`` (not in the paper): ``S0 = scale * x / rms(x)`` per path, so Top-v of the
+    initial scores is magnitude pruning and the learned movement reorders it from there.
     """
-    if init not in UNIT_SCORE_INITS:
+    if init not in SCORE_INITS:
+        raise UserError(f"unknown score init {init!r}; choose one of {', '.join(SCORE_INITS)}")
+    if granularity != "weight" and init not in UNIT_SCORE_INITS:
         raise UserError(f"unknown score init {init!r} for unit scores; choose one of "
                         f"{', '.join(UNIT_SCORE_INITS)}")
-    counts = unit_counts(params, granularity, num_heads)
-    if init == "constant":
-        return {p: jnp.full((n,), scale, jnp.float32) for p, n in counts.items()}
-    if init == "uniform":
-        if rng is None:
-            raise UserError("score init 'uniform' needs a PRNG key")
-        return {p: jax.random.uniform(jax.random.fold_in(rng, i), (n,), jnp.float32, -scale, scale)
-                for i, (p, n) in enumerate(counts.items())}
-    mags = unit_magnitudes(params, granularity, num_heads)
-    return {p: scale * m / jnp.maximum(jnp.sqrt(jnp.mean(m * m)) if m.size else 1.0, 1e-12)
-            for p, m in mags.items()}
+    if init in ("uniform", "kaiming") and rng is None:
+        raise UserError(f"score init {init!r} needs a PRNG key")
+    scores = {}
+    for i, (path, x) in enumerate(selection_inputs(params, patterns, granularity,
+                                                   num_heads).items()):
+        x = jnp.abs(jnp.asarray(x, jnp.float32))
+        if init == "constant":
+            scores[path] = jnp.full(x.shape, scale, jnp.float32)
+        elif init == "magnitude":
+            rms = jnp.sqrt(jnp.mean(x * x)) if x.size else 1.0
+            scores[path] = scale * x / jnp.maximum(rms, 1e-12)
+        else:
+            bound = scale if init == "uniform" else 1.0 / math.sqrt(x.shape[0])
+            scores[path] = jax.random.uniform(jax.random.fold_in(rng, i), x.shape, jnp.float32,
+                                              -bound, bound)
+    return unflatten(scores)
 
 
 __all__ = [
     "GRANULARITIES",
+    "SCORE_INITS",
     "UNITS",
     "UNIT_SCORE_INITS",
     "check_granularity",
     "expand",
-    "init_unit_scores",
+    "init_scores",
     "is_unit_path",
     "layers",
     "members",
+    "prunable_paths",
+    "prunable_weights",
+    "selection_inputs",
+    "to_weight_masks",
     "unit_counts",
     "unit_magnitudes",
     "unit_sums",

@@ -44,8 +44,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mvp_jax import masking, methods, schedules, tree
+from mvp_jax import masking, methods, schedules, structured, tree
 from mvp_jax import sharding as shd
+from mvp_jax.binarizers import keep_count, kth_largest, straight_through
 from mvp_jax.distill import distillation_loss
 from mvp_jax.errors import UserError
 from mvp_jax.optim import Optimizer
@@ -122,7 +123,7 @@ def _mask_value(scores, mask):
 
 def _straight_through_to(scores, mask):
     """``mask`` forward; the cotangent of the mask goes to ``scores`` unchanged (Eq. 2)."""
-    return masking.straight_through(_mask_value, scores, mask)
+    return straight_through(_mask_value, scores, mask)
 
 
 def cached_global_masks(method: methods.TopV, weights, scores, threshold, step, cached,
@@ -134,7 +135,7 @@ def cached_global_masks(method: methods.TopV, weights, scores, threshold, step, 
     size = sum(v.size for v in selected.values())
 
     def recompute():
-        return masking.kth_largest(selected, jnp.maximum(masking._keep_count(threshold, size), 1))
+        return kth_largest(selected, jnp.maximum(keep_count(threshold, size), 1))
 
     value = jax.lax.cond(step % frequency == 0, recompute,
                          lambda: jnp.asarray(cached, jnp.float32))
@@ -162,7 +163,6 @@ def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_ste
     method = methods.get(prune.method)
     num_heads = model_heads(module)
     selection = masking.selection_of(prune, num_heads)
-    granularity = prune.granularity
     cached_topk = (prune.global_topk and prune.global_topk_frequency > 1
                    and isinstance(method, methods.TopV))
 
@@ -178,7 +178,7 @@ def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_ste
                 flat_scores = tree.flatten(scores)
                 step_masks = {p: _straight_through_to(flat_scores[p], m)
                               for p, m in step_masks.items()}
-            masks = masking.to_weight_masks(step_masks, params, granularity)
+            masks = structured.to_weight_masks(step_masks, params)
         outputs = module.apply({"params": masking.multiply_masks(params, masks)},
                                *model_inputs(micro), deterministic=False,
                                rngs={"dropout": dropout_rng})
@@ -202,8 +202,8 @@ def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_ste
             return {}, state.topk_value
         params, scores = jax.lax.stop_gradient((state.params, state.scores))
         if cached_topk:
-            inputs = masking.selection_inputs(params, selection["patterns"], granularity,
-                                              num_heads)
+            inputs = structured.selection_inputs(params, selection["patterns"],
+                                                 prune.granularity, num_heads)
             return cached_global_masks(method, inputs, tree.flatten(scores), threshold,
                                        state.step, state.topk_value, prune.global_topk_frequency)
         masks = masking.selection_masks(params, scores, threshold=threshold, train=True,
@@ -236,7 +236,7 @@ def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_ste
             body, (zeros, jnp.zeros(3, jnp.float32)), (batch, jax.random.split(step_rng, accum)))
         task, distil = stats[0], stats[1]
         remaining = stats[2] if method.per_micro_batch else masking.remaining_fraction(
-            masking.to_weight_masks(step_masks, state.params, granularity))
+            structured.to_weight_masks(step_masks, state.params))
         loss = task if teacher is None else distill.alpha_ce * task + distill.alpha_distil * distil
         reg = jnp.float32(0.0)
         if method.regularization and prune.regularization:

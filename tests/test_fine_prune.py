@@ -39,6 +39,7 @@ METHODS = {
                            "prune.regularization=l1", "prune.final_lambda=10.0"],
     "l0": ["prune.initial_threshold=1.0", "prune.final_threshold=1.0", "prune.mask_init=constant",
            "prune.mask_scale=2.197", "prune.regularization=l0", "prune.final_lambda=1.0"],
+    "random": ["prune.final_threshold=0.3"],
 }
 
 
@@ -124,11 +125,24 @@ def check_run(d, results, method, shared_data, shape):
             total += p.numel()
     assert total == prunable(shape)
     assert saved["remaining"] == total - zeros and saved["prunable"] == total
-    if method in ("topk", "magnitude"):
+    if method in ("topk", "magnitude", "random"):
         # exact target: int(0.3 * size) kept in every matrix (local selection)
         assert saved["remaining"] == kept_locally(shape, 0.3)
     elif method == "none":
         assert saved["remaining"] == total
+
+
+def test_random_control_keeps_the_scores_drawn_at_the_start(runs):
+    """The random control's fixed scores are in the checkpoint, as drawn at step 0 (never
+    updated), and the export is Top-v of them."""
+    from mvp_jax import masking, tree
+    from mvp_jax.rundir import read_checkpoint
+
+    saved = read_checkpoint(str(runs["random"][0]))
+    scores, params = tree.flatten(saved["scores"]), tree.flatten(saved["params"])
+    assert set(scores) == set(masking.prunable_paths(saved["params"]))
+    for p, s in scores.items():
+        np.testing.assert_array_equal(s, masking.random_scores(params[p], p))
 
 
 def test_global_topk_keeps_exact_total(tmp_path, shared_data, tiny_bert):

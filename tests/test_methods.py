@@ -186,3 +186,55 @@ def test_nnx_model_fine_pruned_with_movement_through_the_functional_api():
     pruned = nnx.merge(graphdef, masking.multiply_masks(train["params"], final))
     np.testing.assert_array_equal(np.asarray(pruned.layers[0].kernel[...]) == 0,
                                   np.asarray(final["layers/0/kernel"]) == 0)
+
+
+def test_random_scores_are_drawn_once_and_never_trained():
+    """The random control's fixed scores ``U`` are drawn at init (``masking.initial_scores``),
+    frozen in the optimizer (no update, no moments), and the train step draws nothing for them:
+    it makes as many random draws as magnitude pruning's (dropout and the step key)."""
+    from transformers import BertConfig
+
+    from mvp_jax.config import PruneConfig
+    from mvp_jax.models import build_module, init_params
+    from mvp_jax.optim import make_optimizer
+    from mvp_jax.train import init_state, make_train_step
+
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=40)
+    module = build_module(config, head="classification", num_labels=2)
+    params = init_params(module, seed=0)
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": rng.integers(0, 100, (1, 4, 8)).astype(np.int32),
+             "attention_mask": np.ones((1, 4, 8), np.int32),
+             "token_type_ids": np.zeros((1, 4, 8), np.int32),
+             "example_weight": np.ones((1, 4), np.float32),
+             "labels": rng.integers(0, 2, (1, 4)).astype(np.int32)}
+    draws = {}
+    for name in ("magnitude", "random"):
+        prune = PruneConfig(method=name, initial_threshold=0.5, final_threshold=0.3)
+        scores = masking.initial_scores(prune, params)
+        opt = make_optimizer(learning_rate=1e-3, total_steps=10,
+                             freeze_scores=not methods.get(name).learns_scores)
+        state = init_state(params, scores, opt, seed=0)
+        step = make_train_step(module, "classification", prune, opt, total_steps=10)
+        jaxpr = str(jax.make_jaxpr(step)(state, batch))
+        draws[name] = jaxpr.count("threefry2x32") + jaxpr.count("random_bits")
+        if name == "random":
+            flat = tree.flatten(scores)
+            assert set(flat) == set(masking.prunable_paths(params))
+            for p, w in masking.prunable_weights(params).items():
+                np.testing.assert_array_equal(flat[p], masking.random_scores(w, p))
+            assert not any(jax.tree_util.tree_leaves(opt.trainable(
+                {"params": params, "scores": scores})["scores"]))
+            no_scores = opt.tx.init({"params": params, "scores": {}})  # no moments for them
+            assert len(jax.tree_util.tree_leaves(state.opt_state)) == len(
+                jax.tree_util.tree_leaves(no_scores))
+            new, _ = jax.jit(step)(state, batch)
+            for a, b in zip(jax.tree_util.tree_leaves(new.scores), jax.tree_util.tree_leaves(scores)):
+                np.testing.assert_array_equal(a, b)
+            # the same fixed random Top-v as scores drawn on the spot
+            kept = masking.final_masks(prune, new.params, new.scores)
+            drawn = masking.final_masks(prune, new.params, None)
+            for p in kept:
+                np.testing.assert_array_equal(kept[p], drawn[p])
+    assert draws["random"] == draws["magnitude"] > 0

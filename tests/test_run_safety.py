@@ -310,6 +310,34 @@ def test_run_lock_unit(tmp_path):
     assert not (tmp_path / "run.lock").exists()
 
 
+def test_two_processes_racing_for_a_stale_lock_leave_one_owner(tmp_path, monkeypatch):
+    """The loser of the race read the stale lock before the winner took it over; it must not
+    remove the winner's live lock (it renames the lock aside, sees it is not the stale one it
+    read, puts it back) and refuses to run."""
+    from mvp_jax import rundir
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))
+    winner, loser = rundir.RunLock(str(tmp_path)), rundir.RunLock(str(tmp_path))
+    read = rundir.RunLock._read
+
+    def read_then_lose_the_race(path):
+        seen = read(path)
+        if not winner.held:  # the winner takes over right after the loser's first read
+            winner.acquire()
+        return seen
+
+    monkeypatch.setattr(loser, "_read", read_then_lose_the_race)
+    with pytest.raises(rundir.RunError, match="in use by another run"):
+        loser.acquire()
+    assert winner.held and not loser.held
+    assert os.listdir(tmp_path) == ["run.lock"]  # the winner's, nothing left aside
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
+    winner.release()
+    assert os.listdir(tmp_path) == []
+
+
 # ----------------------------------------------------------------------------------------------
 # Bugs are not bad input
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from transformers import BertConfig
 
-from mvp_jax import masking, sharding, tree
+from mvp_jax import binarizers, masking, sharding, tree
 from mvp_jax.models import build_module, init_params
 from mvp_jax.optim import make_optimizer
 from mvp_jax.config import PruneConfig
@@ -369,14 +369,14 @@ def test_kth_key_every_radix_is_exact_and_sharded(bits):
     mesh = mesh_of((2, 4))
     placed = [jax.device_put(x, jax.sharding.NamedSharding(mesh, P("data", "model")))
               for x in leaves]
-    hlo = jax.jit(lambda xs: masking._kth_key(xs, 5, bits=bits)).lower(placed).compile().as_text()
+    hlo = jax.jit(lambda xs: binarizers._kth_key(xs, 5, bits=bits)).lower(placed).compile().as_text()
     assert all_gather_shapes(hlo) == [] and "all-reduce" in hlo  # counts only
     for k in (1, 2, 77, 1000, 2048, flat.size - 1, flat.size):
-        key = masking._kth_key(placed, k, bits=bits)
-        got = np.asarray(masking._from_order_key(key))
+        key = binarizers._kth_key(placed, k, bits=bits)
+        got = np.asarray(binarizers._from_order_key(key))
         assert got.view(np.uint32) == flat[-k].view(np.uint32), (k, got, flat[-k])
         # the count carried out of the search is the count at the k-th key
-        _, count = jax.jit(masking._kth_key_and_count, static_argnums=2)(placed, k, bits)
+        _, count = jax.jit(binarizers._kth_key_and_count, static_argnums=2)(placed, k, bits)
         assert int(count) == int(np.sum(order >= np.asarray(key))), (k, int(count))
 
 
@@ -390,7 +390,7 @@ def test_tie_split_on_sharded_scores_matches_a_stable_sort(mesh_shape):
     order = np.argsort(-flat, kind="stable")
     placed = [jax.device_put(x, jax.sharding.NamedSharding(mesh_of(mesh_shape), P("data", "model")))
               for x in leaves]
-    split = jax.jit(masking._topk_binarize_leaves)
+    split = jax.jit(binarizers._topk_binarize_leaves)
     for k in (1, 7, 700, 1500, 2100, flat.size - 3):
         keep = np.zeros(flat.size, bool)
         keep[order[:k]] = True

@@ -23,7 +23,7 @@ from mvp_jax.models import build_module, load_pretrained, param_shapes
 from mvp_jax.structured import (
     check_granularity,
     expand,
-    init_unit_scores,
+    init_scores,
     unit_counts,
     unit_magnitudes,
     unit_sums,
@@ -107,11 +107,14 @@ def test_init_and_magnitudes(tiny):
     for path, unit, weights in ((f"{L1}/attention/heads", 2, head2), (f"{L0}/ffn/neurons", 7, n7)):
         np.testing.assert_allclose(mags[path][unit], np.sqrt(np.mean(weights ** 2)), rtol=1e-5)
 
-    const = init_unit_scores(params, "neuron", 4, "constant", 0.5)
+    def init_unit_scores(granularity, init, scale=0.0, rng=None):
+        return flatten(init_scores(params, init, scale, rng, granularity=granularity, num_heads=4))
+
+    const = init_unit_scores("neuron", "constant", 0.5)
     assert all(v.shape == (37,) and (v == 0.5).all() for v in const.values())
-    uni = init_unit_scores(params, "head", 4, "uniform", 0.1, jax.random.PRNGKey(0))
+    uni = init_unit_scores("head", "uniform", 0.1, jax.random.PRNGKey(0))
     assert all(v.shape == (4,) and (np.abs(v) <= 0.1).all() for v in uni.values())
-    mag = init_unit_scores(params, "hybrid", 4, "magnitude", 2.0)
+    mag = init_unit_scores("hybrid", "magnitude", 2.0)
     for p, v in mag.items():  # scale * rms_u / rms over the group: same order, group rms = scale
         assert np.argsort(v).tolist() == np.argsort(mags[p]).tolist()
         np.testing.assert_allclose(np.sqrt(np.mean(np.square(v))), 2.0, rtol=1e-5)
@@ -124,7 +127,7 @@ def test_bad_input(tiny):
     with pytest.raises(UserError, match="unknown granularity"):
         unit_counts(params, "heads", 4)
     with pytest.raises(UserError, match="score init 'kaiming'"):
-        init_unit_scores(params, "head", 4, "kaiming")
+        init_scores(params, "kaiming", rng=jax.random.PRNGKey(0), granularity="head", num_heads=4)
     with pytest.raises(UserError, match="no encoder layers"):
         unit_counts({"classifier": {"kernel": jnp.ones((2, 2))}}, "head", 4)
     with pytest.raises(UserError, match="layer_num_heads"):
@@ -217,7 +220,8 @@ def test_unit_score_gradient_is_summed_eq2_by_hand():
 def test_unit_score_gradient_through_bert(tiny, batch):
     """Same identity through the whole model (LayerNorm, masking of padded keys, pooler)."""
     _, module, params = tiny
-    scores = init_unit_scores(params, "hybrid", 4, "uniform", 1.0, jax.random.PRNGKey(3))
+    scores = flatten(init_scores(params, "uniform", 1.0, jax.random.PRNGKey(3), granularity="hybrid",
+                                 num_heads=4))
 
     def unit_masks(s):  # any straight-through binarizer: here 1[S > 0]
         return {p: straight_through(positive, v) for p, v in s.items()}

@@ -8,10 +8,10 @@ from .bert import (
     BertModule,
     BertSpec,
     attention_bias,
-    build_module,
     init_params,
     param_shapes,
 )
+from .build import build_module
 from .distilbert import DistilBert
 from .layout import MODEL_TYPES, layout_of
 from .loading import (

@@ -4,7 +4,7 @@ The parameter tree is exactly that of ``FlaxBertForSequenceClassification`` (``b
 ``classifier``) or ``FlaxBertForQuestionAnswering`` (``bert/...`` without ``pooler``, plus
 ``qa_outputs``); ``head=None`` keeps the same ``bert/...`` prefix. Kernels are ``(in, out)``, the
 transpose of PyTorch's ``nn.Linear.weight``. Nothing here knows about pruning. ``Roberta``
-(``roberta.py``) and ``DistilBert`` (``distilbert.py``) reuse these pieces; ``build_module``
+(``roberta.py``) and ``DistilBert`` (``distilbert.py``) reuse these pieces; ``mvp_jax.models.build.build_module``
 picks the module from the config's ``model_type``.
 
 Per-layer sizes (a compact model whose pruned heads and FFN neurons were removed,
@@ -404,23 +404,6 @@ class Bert(nn.Module):
         return (out, hidden) if output_hidden_states else out
 
 
-def build_module(config: Any, head: str | None = "classification", num_labels: int = 2,
-                 dtype=jnp.float32) -> Bert:
-    """The module of a ``transformers`` config's architecture (``Bert``, ``Roberta``,
-    ``DistilBert``) with ``head``."""
-    from .distilbert import DistilBert
-    from .roberta import Roberta
-
-    if head not in HEADS:
-        raise UserError(f"unknown head {head!r}; choose one of {HEADS}")
-    if head == "classification" and int(num_labels) < 1:
-        raise UserError(f"num_labels must be >= 1, got {num_labels}")
-    spec = BertSpec.from_config(config)
-    cls = {"bert": Bert, "roberta": Roberta, "distilbert": DistilBert}[
-        layout_of(spec.model_type).prefix]
-    return cls(spec, head=head, num_labels=int(num_labels), dtype=dtype)
-
-
 def param_shapes(module: Bert) -> dict[str, tuple[int, ...]]:
     """Flat ``{"a/b/kernel": shape}`` of the module's parameters (no computation)."""
     ids = jnp.zeros((1, 2), jnp.int32)
@@ -442,7 +425,6 @@ __all__ = [
     "BertSpec",
     "HEADS",
     "attention_bias",
-    "build_module",
     "init_params",
     "param_shapes",
 ]

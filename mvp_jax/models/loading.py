@@ -31,7 +31,8 @@ from flax import traverse_util
 
 from mvp_jax.errors import UserError
 
-from .bert import Bert, build_module, param_shapes
+from .bert import Bert, param_shapes
+from .build import build_module
 from .layout import BERT, MODEL_TYPES, TOKENIZER_VOCABS, Layout, layout_of
 
 log = logging.getLogger(__name__)
