@@ -186,3 +186,25 @@ def test_the_quick_start_and_what_follows_run_as_written(scratch, capsys):
     assert label["text"] == "A gorgeous, witty film." and label["label"]
     assert (scratch / "pruned" / "model.safetensors").exists()
     assert (scratch / "pruned.mvpz").stat().st_size > 0
+
+
+def test_the_readme_sweep_commands_parse():
+    """The Results block's sweep commands (hours of runs, or a report that rewrites the committed
+    results) are not run here; their options must still be the sweep's."""
+    import importlib.util
+    import sys
+
+    lines = [line for block in bash_blocks(section(README.read_text(), "Results"))
+             for line in block if line.startswith("python benchmarks/reproduce.py")]
+    assert len(lines) == 2
+    spec = importlib.util.spec_from_file_location("reproduce_docs",
+                                                  ROOT / "benchmarks" / "reproduce.py")
+    rp = importlib.util.module_from_spec(spec)
+    sys.modules["reproduce_docs"] = rp  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(rp)
+        for line in lines:
+            args = rp.resolve_args(shlex.split(line)[2:])
+            assert args.max_steps == 300 and args.resume_existing != args.report_only
+    finally:
+        sys.modules.pop("reproduce_docs", None)
