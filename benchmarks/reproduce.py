@@ -525,7 +525,7 @@ def finished_dir(args, task, name):
 
 def teacher_seed(args, seed):
     """The seed of the dense run that teaches the distilled runs of ``seed``."""
-    return seed if getattr(args, "teacher_seed", None) is None else args.teacher_seed
+    return seed if args.teacher_seed is None else args.teacher_seed
 
 
 def ensure_teacher(args, task, seed, teacher):
