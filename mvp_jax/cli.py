@@ -86,12 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-seq-length", type=int, metavar="N",
                    help="truncate inputs to N tokens (default: the run's, else the task's)")
 
-    p = sub.add_parser("export", help="export a run's latest checkpoint as a pruned model",
+    p = sub.add_parser("export", help="export a run (or a model directory) as a pruned model",
                        description="Apply the final masks of a run's latest checkpoint and write a "
-                                   "Hugging Face model directory; optionally an int8 + sparse "
-                                   "compressed file as well.")
-    p.add_argument("run", metavar="RUN", help="run directory written by fine-prune")
-    p.add_argument("--output-dir", required=True, metavar="DIR", help="Hugging Face directory to write")
+                                   "model directory: Hugging Face (safetensors) or ONNX, the whole "
+                                   "model or its compact form (pruned heads and FFN neurons "
+                                   "removed); optionally an int8 + sparse compressed file as "
+                                   "well. MODEL may also be an exported model directory (e.g. "
+                                   "RUN/export), to convert it to ONNX.")
+    p.add_argument("run", metavar="RUN", help="run directory written by fine-prune, or a model "
+                                              "directory")
+    p.add_argument("--output-dir", required=True, metavar="DIR", help="model directory to write")
+    p.add_argument("--format", default="hf", metavar="FORMAT",
+                   help="hf (config.json + model.safetensors, for transformers and mvp-jax) or "
+                        "onnx (config.json + model.onnx, for ONNX Runtime and mvp-jax predict; "
+                        "needs mvp-jax[onnx]); default hf")
+    p.add_argument("--compact", action="store_true",
+                   help="remove the pruned attention heads and FFN neurons (structured runs): a "
+                        "smaller, faster model with per-layer sizes")
+    p.add_argument("--quantize", metavar="int8",
+                   help="with --format onnx: int8 matrices (ONNX Runtime dynamic quantization)")
     p.add_argument("--compressed", metavar="FILE", help="also write the compressed file FILE")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
 
@@ -106,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="label texts with a fine-pruned model",
                        description="Label texts with an exported model or a finished run (in "
-                                   "JAX, batched by length): for each text the class name and "
+                                   "JAX, batched by length; an ONNX directory from export "
+                                   "--format onnx runs in ONNX Runtime): for each text the "
+                                   "class name and "
                                    "the class probabilities, or the value for regression. "
                                    "Prints JSON lines, or writes --output.")
     p.add_argument("model", metavar="MODEL_OR_RUN", help="model directory or run directory")
@@ -220,9 +235,19 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from mvp_jax.deploy import check_request, export_model_dir
     from mvp_jax.rundir import export_run
 
-    report = export_run(args.run, args.output_dir, compressed=args.compressed, overwrite=args.overwrite)
+    options = dict(format=args.format, compact=args.compact, quantize=args.quantize,
+                   overwrite=args.overwrite)
+    check_request(args.format, args.quantize, args.compact, args.compressed)
+    if not os.path.isfile(os.path.join(args.run, "config.yaml")) and os.path.isfile(
+            os.path.join(args.run, "config.json")):
+        if args.compressed:
+            raise UserError("--compressed applies to a run directory, not a model directory")
+        report = export_model_dir(args.run, args.output_dir, **options)
+    else:
+        report = export_run(args.run, args.output_dir, compressed=args.compressed, **options)
     print(json.dumps(report, indent=2, default=float))
     return 0
 

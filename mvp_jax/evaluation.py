@@ -256,12 +256,13 @@ def predict(eval_step, params, scores, features: dict[str, np.ndarray], batch_si
 
 def evaluate_splits(eval_step, params, scores, task_data, batch_size: int,
                     put: Callable | None = None,
-                    bucket_lengths: Sequence[int] | None = None) -> dict[str, dict]:
-    """``{split: metrics}`` for every evaluation split of the task (masks computed once)."""
+                    bucket_lengths: Sequence[int] | None = None,
+                    masked=None) -> dict[str, dict]:
+    """``{split: metrics}`` for every evaluation split of the task (masks computed once, or
+    ``masked``: ``eval_step.mask(params, scores)`` computed by the caller)."""
     from mvp_jax.data import evaluate
 
-    masked = None
-    if isinstance(eval_step, EvalStep):
+    if isinstance(eval_step, EvalStep) and masked is None:
         # the masks' program ends before the first batch's starts: two sharded programs with
         # collectives in flight at once can starve XLA's CPU rendezvous (one wait per evaluation)
         masked = jax.block_until_ready(eval_step.mask(params, scores))

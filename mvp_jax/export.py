@@ -91,7 +91,7 @@ def _export_config(config: Any, head: str | None, num_labels: int,
     return cfg
 
 
-def _prepare_destination(path: str, overwrite: bool) -> None:
+def check_destination(path: str, overwrite: bool) -> None:
     """``path`` may become a model directory: it is absent or empty, or ``overwrite`` and it holds
     only the files of a model directory (``MODEL_DIR_FILES``); a user's other files are never
     replaced."""
@@ -109,7 +109,7 @@ def _prepare_destination(path: str, overwrite: bool) -> None:
 
 # what a model directory may hold for ``overwrite=True`` to replace it (nothing else is deleted)
 MODEL_DIR_FILES = frozenset({"config.json", "model.safetensors", "model.safetensors.index.json",
-                             "pytorch_model.bin", "flax_model.msgpack", "generation_config.json",
+                             "pytorch_model.bin", "flax_model.msgpack", "generation_config.json", "model.onnx",
                              *TOKENIZER_FILES})
 
 
@@ -151,6 +151,42 @@ def export_hf(
     """
     from safetensors.numpy import save_file
 
+    def weights(tmp):
+        save_file(flax_to_hf_state_dict(params, head, _layout(config)),
+                  os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+
+    return _write_model_dir(out_dir, params, config, head, weights, tokenizer_path, num_labels,
+                            overwrite, label_names)
+
+
+def export_onnx(
+    out_dir: str | os.PathLike,
+    params: Any,
+    config: Any,
+    head: str | None,
+    tokenizer_path: str | os.PathLike | None = None,
+    num_labels: int | None = None,
+    overwrite: bool = False,
+    label_names: Iterable[str] | None = None,
+    quantize: str | None = None,
+) -> str:
+    """``export_hf``'s directory with ``model.onnx`` (``mvp_jax.onnx_export``; int8 matrices with
+    ``quantize="int8"``) in place of the weights: ``config.json`` (per-layer sizes of a compact
+    model kept, ``id2label`` / ``label2id``) and the tokenizer files beside it, for ONNX Runtime
+    and ``mvp-jax predict``."""
+    from mvp_jax import onnx_export
+
+    onnx_export.require_onnx(runtime=quantize is not None)
+    return _write_model_dir(
+        out_dir, params, config, head,
+        lambda tmp: onnx_export.write_onnx(tmp, params, config, head, quantize),
+        tokenizer_path, num_labels, overwrite, label_names)
+
+
+def _write_model_dir(out_dir, params, config, head, write_weights, tokenizer_path, num_labels,
+                     overwrite, label_names) -> str:
+    """Check params, labels and destination; write config, weights (``write_weights(tmp)``) and
+    tokenizer to a temporary directory, renamed to ``out_dir`` once complete."""
     out_dir = os.path.abspath(os.fspath(out_dir))
     flat = tree.flatten(params)
     n = checked_num_labels(flat, config, head, num_labels)
@@ -161,7 +197,7 @@ def export_hf(
                               f"many outputs, got head={head!r} with {n}")
         if len(set(label_names)) != n:
             raise ExportError(f"label_names has duplicates: {label_names}")
-    _prepare_destination(out_dir, overwrite)
+    check_destination(out_dir, overwrite)
     tok_files = []
     if tokenizer_path is not None:
         src = resolve_model_path(tokenizer_path)
@@ -175,9 +211,7 @@ def export_hf(
     try:
         _export_config(config, head, n, label_names).to_json_file(
             os.path.join(tmp, "config.json"))
-        save_file(flax_to_hf_state_dict(params, head, _layout(config)),
-                  os.path.join(tmp, "model.safetensors"),
-                  metadata={"format": "pt"})
+        write_weights(tmp)
         for f in tok_files:
             shutil.copy2(f, tmp)
         _replace(tmp, out_dir)
@@ -235,5 +269,6 @@ __all__ = [
     "checked_num_labels",
     "count_remaining",
     "export_hf",
+    "export_onnx",
     "format_counts",
 ]

@@ -115,7 +115,7 @@ def load_run_weights(run_dir: str) -> RunWeights:
 
     from mvp_jax import structured, tree
 
-    run = rundir.restore_run(os.fspath(run_dir))
+    run = rundir.restore_run(os.fspath(run_dir), pretrained=True)
     method = methods.get(run.cfg.prune.method)
     masks = _final_masks_fn(run.cfg.prune, run.pretrained.config.num_attention_heads)(
         run.params, run.scores)

@@ -1,7 +1,8 @@
-"""``mvp-jax predict``: label texts with a fine-pruned model, in JAX.
+"""``mvp-jax predict``: label texts with a fine-pruned model, in JAX or ONNX Runtime.
 
 The model is an exported Hugging Face directory (``RUN/export``, ``mvp-jax export``'s output, or
-any BERT classifier) or a finished run directory (its ``export/``). Texts are tokenised in
+any BERT classifier), an ONNX directory (``mvp-jax export --format onnx``: its ``model.onnx``
+runs in ONNX Runtime, the rest is the same) or a finished run directory (its ``export/``). Texts are tokenised in
 chunks, each chunk sorted by length and cut into batches of ``batch_size`` rows padded to the
 smallest length bucket that holds their longest text (``mvp_jax.data.batching``: at most one
 compiled program per bucket), run by the jit-compiled Flax model, and put back in input order.
@@ -54,6 +55,9 @@ class Predictor:
     label_names: tuple[str, ...]  # classification: one per output; regression: ()
     max_seq_length: int
     text_columns: tuple[str, ...] | None = None  # a run's task.text_columns, if any
+    # lengths a batch is padded to (None: ``default_buckets``, one compiled program each); ONNX
+    # Runtime takes any shape, so its batches are padded only to their longest text
+    buckets: tuple[int, ...] | None = None
 
 
 def resolve_model_dir(path: str | os.PathLike) -> tuple[str, Any]:
@@ -111,9 +115,10 @@ def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None =
     n = int(config.num_labels)
     names = () if kind == "regression" else tuple(  # the model's id2label, as transformers names
         str(config.id2label.get(i, config.id2label.get(str(i), f"LABEL_{i}"))) for i in range(n))
-    kwargs = {} if dtype is None else {"dtype": dtype}
-    pre = load_pretrained(model_dir, head="classification", num_labels=n, **kwargs)
-    longest = pre.module.spec.max_length  # the longest input its positions cover
+    from mvp_jax.models.bert import BertSpec
+    from mvp_jax.onnx_export import inference_session, is_onnx_dir, session_apply
+
+    longest = BertSpec.from_config(config).max_length  # the longest input its positions cover
     limit = min(longest, 512)
     if max_seq_length is None and run_cfg is not None:
         max_seq_length = run_cfg.task.max_seq_length
@@ -121,15 +126,21 @@ def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None =
     if not 2 <= L <= longest:
         raise PredictError(f"max_seq_length must be in 2..{longest} "
                            f"(the model's position embeddings), got {L}")
+    columns = None
+    if run_cfg is not None and run_cfg.task.own_data and run_cfg.task.kind != "qa":
+        columns = tuple(run_cfg.task.text_columns or ("text",))
+    if is_onnx_dir(model_dir):  # ONNX Runtime runs model.onnx
+        session = inference_session(model_dir)
+        return Predictor(model_dir, session_apply(session), session, load_tokenizer(model_dir),
+                         kind, names, L, columns, buckets=tuple(range(1, L + 1)))
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    pre = load_pretrained(model_dir, head="classification", num_labels=n, **kwargs)
     module = pre.module
 
     @jax.jit
     def apply(params, input_ids, attention_mask, token_type_ids):
         return module.apply({"params": params}, input_ids, attention_mask, token_type_ids)
 
-    columns = None
-    if run_cfg is not None and run_cfg.task.own_data and run_cfg.task.kind != "qa":
-        columns = tuple(run_cfg.task.text_columns or ("text",))
     return Predictor(model_dir, apply, pre.params, load_tokenizer(pre.path), kind, names, L,
                      columns)
 
@@ -204,7 +215,7 @@ def predict_texts(predictor: Predictor, texts: Sequence[str],
     from mvp_jax.data.batching import resolve_buckets
 
     L = predictor.max_seq_length
-    buckets = resolve_buckets(buckets or default_buckets(L), L)
+    buckets = resolve_buckets(buckets or predictor.buckets or default_buckets(L), L)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -198,15 +198,17 @@ class RunLock:
 
 @dataclass(frozen=True)
 class RestoredRun:
-    """A run's config, the pretrained model it started from (``mvp_jax.models.Pretrained``) and
-    its latest checkpoint: step, params and scores (``{}`` for a method without learned scores),
-    as numpy arrays."""
+    """A run's config, its model's directory and ``transformers`` config, its latest checkpoint
+    (step, params and scores, ``{}`` for a method without learned scores, as numpy arrays) and,
+    when asked for, the pretrained model it started from (``mvp_jax.models.Pretrained``)."""
 
     cfg: Any
-    pretrained: Any
+    model_path: str
+    model_config: Any
     step: int
     params: dict
     scores: dict
+    pretrained: Any = None
 
 
 def load_run_config(run_dir: str):
@@ -244,46 +246,59 @@ def read_checkpoint(run_dir: str, fields=RESTORED_FIELDS, step: int | None = Non
         return mngr.restore_fields(fields, step)
 
 
-def restore_run(run_dir: str) -> RestoredRun:
-    """A run's config, pretrained model and latest checkpoint (``RestoredRun``), without
-    loading its data or reading its optimizer state."""
+def restore_run(run_dir: str, pretrained: bool = False) -> RestoredRun:
+    """A run's config, model config and latest checkpoint (``RestoredRun``), without loading its
+    data or reading its optimizer state; the pretrained weights only with ``pretrained``."""
     from mvp_jax import data
-    from mvp_jax.models import load_pretrained
+    from mvp_jax.models import load_config, load_pretrained, resolve_model_path
 
     run_dir = os.fspath(run_dir)
     cfg = load_run_config(run_dir)
     saved = read_checkpoint(run_dir)
-    spec = data.task_from_config(cfg.task)
-    pre = load_pretrained(cfg.model.name, head=spec.head,
-                          num_labels=spec.num_labels)
-    return RestoredRun(cfg=cfg, pretrained=pre, step=int(saved["step"]), params=saved["params"],
-                       scores=saved.get("scores") or {})
+    path = resolve_model_path(cfg.model.name)
+    pre = None
+    if pretrained:
+        spec = data.task_from_config(cfg.task)
+        pre = load_pretrained(path, head=spec.head, num_labels=spec.num_labels)
+    return RestoredRun(cfg=cfg, model_path=path, model_config=load_config(path),
+                       step=int(saved["step"]), params=saved["params"],
+                       scores=saved.get("scores") or {}, pretrained=pre)
 
 
 def export_run(run_dir: str, output_dir: str, *, compressed: str | None = None,
-               overwrite: bool = False) -> dict:
-    """Final masks of the latest checkpoint applied (``W * M``), written as a Hugging Face
-    directory (``mvp_jax.export.export_hf``) and, with ``compressed``, as a compressed file
-    (``mvp_jax.compressed``); returns a JSON-ready report."""
+               overwrite: bool = False, format: str = "hf", compact: bool = False,
+               quantize: str | None = None) -> dict:
+    """Final masks of the latest checkpoint applied (``W * M``), written by
+    ``mvp_jax.deploy.export_pruned`` (a Hugging Face or ONNX directory, whole or compact) and,
+    with ``compressed``, as a compressed file (``mvp_jax.compressed``); returns a JSON-ready
+    report. Reads the run's config, checkpoint and model config, not the pretrained weights."""
     import jax
 
     from mvp_jax import compressed as packed
-    from mvp_jax import data, masking
-    from mvp_jax.export import count_remaining, export_hf
+    from mvp_jax import data, deploy, masking
+    from mvp_jax.evaluation import make_eval_step
+    from mvp_jax.export import check_destination, count_remaining
+    from mvp_jax.models import build_module
 
-    if compressed:  # before the work: refused now rather than after the export
+    deploy.check_request(format, quantize, compact, compressed)  # refused before the work
+    check_destination(os.path.abspath(output_dir), overwrite)
+    if compressed:
         packed.check_replaceable(os.path.abspath(compressed), overwrite)
     run = restore_run(run_dir)
-    prune, spec, pre = run.cfg.prune, data.task_from_config(run.cfg.task), run.pretrained
-    masks = masking.final_masks(prune, run.params, run.scores,
-                                num_heads=pre.config.num_attention_heads)
-    masked = jax.device_get(masking.multiply_masks(run.params, masks))
-    export_hf(output_dir, masked, pre.config, spec.head, tokenizer_path=pre.path,
-              num_labels=spec.num_labels, overwrite=overwrite,
-              label_names=spec.label_names or None)
+    prune, spec = run.cfg.prune, data.task_from_config(run.cfg.task)
+    # the eval step's W * M, as the run's end computes it: the same bits (XLA's fused product
+    # writes +0.0 for a pruned negative weight, the eager one -0.0)
+    module = build_module(run.model_config, spec.head, spec.num_labels)
+    masked = jax.device_get(jax.jit(make_eval_step(module, prune).mask)(run.params, run.scores))
+    deploy.export_pruned(output_dir, masked, run.model_config, spec.head, format=format,
+                         compact=compact, quantize=quantize, tokenizer_path=run.model_path,
+                         num_labels=spec.num_labels, label_names=spec.label_names or None,
+                         overwrite=overwrite)
     counts = count_remaining(masked, masking.patterns_of(prune))
-    report = {"export": output_dir, "step": run.step, "remaining_weights": counts["fraction"]}
+    report = {"export": output_dir, "format": format, "compact": compact, "quantize": quantize,
+              "step": run.step, "remaining_weights": counts["fraction"]}
     if compressed:
-        packed.save_compressed(compressed, masked, pre.config, spec.head, overwrite=overwrite)
+        packed.save_compressed(compressed, masked, run.model_config, spec.head,
+                               overwrite=overwrite)
         report["compressed"] = packed.compression_report(compressed)
     return report

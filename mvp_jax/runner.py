@@ -35,7 +35,6 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import jax
@@ -317,13 +316,14 @@ class _Run:
         return shd.put_batch(batch, shd.batch_sharding(self.mesh, self.eval_batch_size,
                                                        micro=False))
 
-    def evaluate(self, state):
-        """Every eval split; the masks once (``W * M`` kept in the params' layout), batches
-        bucketed like the training ones."""
+    def evaluate(self, state, masked=None):
+        """Every eval split; the masks once (``W * M`` kept in the params' layout) unless
+        ``masked`` (``eval_step.mask``'s output) is given, batches bucketed like the training
+        ones."""
         pause_for_test("eval")
         return evaluate_splits(self.eval_step, state.params, state.scores, self.setup.task,
                                self.eval_batch_size, put=self.put_eval,
-                               bucket_lengths=self.setup.buckets)
+                               bucket_lengths=self.setup.buckets, masked=masked)
 
 
 def _truncate_metrics(path: str, step: int) -> None:
@@ -478,23 +478,21 @@ class _FiniteCheck:
 
 
 def _finish(run: _Run, state, fh, writer) -> dict:
-    """Final evaluation, export, counts; ``eval_results.json`` last (files: process 0 only)."""
-    from mvp_jax.compact import compact_params, save_compact
-    from mvp_jax.export import count_remaining, export_hf
+    """Final evaluation, export, counts; ``eval_results.json`` last (files: process 0 only).
+
+    The final masks are computed once, in the eval step's compiled program (``W * M`` kept in
+    the params' layout): the last evaluation scores that product and the export writes it, bit
+    for bit the product that ``mvp-jax export`` computes from the checkpoint (``export_run``)."""
+    from mvp_jax.deploy import export_pruned
+    from mvp_jax.export import count_remaining
 
     setup, output_dir = run.setup, run.output_dir
-    evals = run.evaluate(state)
-    # The masks in one compiled program (many small eager programs with collectives in flight
-    # at once can deadlock XLA's CPU backend), whole on every process; W * M on the host, bit for
-    # bit the eager product (-0.0 kept) that `mvp-jax export` computes from the checkpoint.
-    whole = shd.replicated(run.mesh)
+    masked = jax.block_until_ready(run.eval_step.mask(state.params, state.scores))
+    evals = run.evaluate(state, masked)
+    if jax.process_count() > 1:  # whole on every process
+        masked = jax.jit(lambda t: t, out_shardings=shd.replicated(run.mesh))(masked)
+    masked = jax.device_get(masked)
     prune = setup.cfg.prune
-    masks = jax.jit(partial(masking.final_masks, prune, num_heads=model_heads(setup.module)),
-                    out_shardings=whole)(state.params, state.scores)
-    params = state.params
-    if jax.process_count() > 1:
-        params = jax.jit(lambda t: t, out_shardings=whole)(params)
-    masked = masking.multiply_masks(jax.device_get(params), jax.device_get(masks))
     counts = count_remaining(masked, masking.patterns_of(prune))
     step = int(jax.device_get(state.step))
     spec = setup.task.spec
@@ -509,12 +507,11 @@ def _finish(run: _Run, state, fh, writer) -> dict:
     pause_for_test("export")
     export_kwargs = dict(tokenizer_path=setup.model_path, num_labels=spec.num_labels,
                          label_names=spec.label_names or None, overwrite=True)
-    export_hf(os.path.join(output_dir, "export"), masked, setup.model_config, setup.head,
-              **export_kwargs)
+    export_pruned(os.path.join(output_dir, "export"), masked, setup.model_config, setup.head,
+                  **export_kwargs)
     if prune.granularity != "weight":  # the pruned heads and neurons removed: a smaller model
-        save_compact(os.path.join(output_dir, "compact"),
-                     *compact_params(masked, None, setup.model_config), setup.head,
-                     **export_kwargs)
+        export_pruned(os.path.join(output_dir, "compact"), masked, setup.model_config,
+                      setup.head, compact=True, refuse_unchanged=False, **export_kwargs)
     write_json(os.path.join(output_dir, "counts.json"), counts)
     _log(fh, writer, {"step": step, **_flatten_metrics("eval", evals),
                       "eval/remaining_weights": counts["fraction"]})
