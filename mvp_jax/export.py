@@ -109,7 +109,8 @@ def check_destination(path: str, overwrite: bool) -> None:
 
 # what a model directory may hold for ``overwrite=True`` to replace it (nothing else is deleted)
 MODEL_DIR_FILES = frozenset({"config.json", "model.safetensors", "model.safetensors.index.json",
-                             "pytorch_model.bin", "flax_model.msgpack", "generation_config.json", "model.onnx",
+                             "pytorch_model.bin", "flax_model.msgpack", "generation_config.json",
+                             "model.onnx",
                              *TOKENIZER_FILES})
 
 
@@ -155,36 +156,29 @@ def export_hf(
         save_file(flax_to_hf_state_dict(params, head, _layout(config)),
                   os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
 
-    return _write_model_dir(out_dir, params, config, head, weights, tokenizer_path, num_labels,
-                            overwrite, label_names)
+    return _write_model_dir(out_dir, params, config, head, weights, tokenizer_path,
+                            num_labels, overwrite, label_names)
 
 
-def export_onnx(
-    out_dir: str | os.PathLike,
-    params: Any,
-    config: Any,
-    head: str | None,
-    tokenizer_path: str | os.PathLike | None = None,
-    num_labels: int | None = None,
-    overwrite: bool = False,
-    label_names: Iterable[str] | None = None,
-    quantize: str | None = None,
-) -> str:
-    """``export_hf``'s directory with ``model.onnx`` (``mvp_jax.onnx_export``; int8 matrices with
-    ``quantize="int8"``) in place of the weights: ``config.json`` (per-layer sizes of a compact
-    model kept, ``id2label`` / ``label2id``) and the tokenizer files beside it, for ONNX Runtime
-    and ``mvp-jax predict``."""
+def export_onnx(out_dir: str | os.PathLike, params: Any, config: Any, head: str | None,
+                quantize: str | None = None, **kwargs) -> str:
+    """``export_hf``'s directory (``kwargs``: its ``tokenizer_path``, ``num_labels``,
+    ``overwrite``, ``label_names``) with ``model.onnx`` (``mvp_jax.onnx_export``; int8 matrices
+    with ``quantize="int8"``) in place of the weights: ``config.json`` (per-layer sizes of a
+    compact model kept, ``id2label`` / ``label2id``) and the tokenizer files beside it, for ONNX
+    Runtime and ``mvp-jax predict``."""
     from mvp_jax import onnx_export
 
     onnx_export.require_onnx(runtime=quantize is not None)
-    return _write_model_dir(
-        out_dir, params, config, head,
-        lambda tmp: onnx_export.write_onnx(tmp, params, config, head, quantize),
-        tokenizer_path, num_labels, overwrite, label_names)
+
+    def weights(tmp):
+        onnx_export.write_onnx(tmp, params, config, head, quantize)
+
+    return _write_model_dir(out_dir, params, config, head, weights, **kwargs)
 
 
-def _write_model_dir(out_dir, params, config, head, write_weights, tokenizer_path, num_labels,
-                     overwrite, label_names) -> str:
+def _write_model_dir(out_dir, params, config, head, write_weights, tokenizer_path=None,
+                     num_labels=None, overwrite=False, label_names=None) -> str:
     """Check params, labels and destination; write config, weights (``write_weights(tmp)``) and
     tokenizer to a temporary directory, renamed to ``out_dir`` once complete."""
     out_dir = os.path.abspath(os.fspath(out_dir))

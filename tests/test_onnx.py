@@ -228,6 +228,12 @@ def test_cli_onnx_export_and_predict_give_the_jax_labels(hybrid_run, tmp_path, c
     assert [json.loads(line)["label"] for line in stdout.splitlines()] == \
         [r["label"] for r in jax_rows[:2]]
 
+    # evaluate and count read Hugging Face weights: they say so, and what to use
+    for command in (["evaluate", out, "--validation-file", run.parent / "dev.csv"],
+                    ["count", out]):
+        code, _, err = run_cli(capsys, *command)
+        assert code == 2 and "holds an ONNX model (model.onnx)" in one_error_line(err)
+
     # an exported model directory converts too: the masked dense one
     code, _, err = run_cli(capsys, "export", run / "export", "--format", "onnx", "--output-dir",
                            tmp_path / "from-dir")
@@ -327,16 +333,17 @@ def test_cli_missing_onnx_runtime_is_one_line(hybrid_run, tmp_path, capsys, monk
     assert _no_output(tmp_path / "out")
 
 
-def test_cli_compact_refused_when_no_unit_was_removed(tiny_bert, tmp_path, capsys):
-    """An unstructured run: --compact says why not and what to use instead, writes nothing."""
-    rows = reviews(32)
-    train = write(tmp_path / "train.csv", rows)
-    run = tmp_path / "run"
-    code, _, err = run_cli(capsys, *fine_prune_args(
-        tiny_bert, run, "task.name=mine", f"task.train_file={train}",
-        f"task.validation_file={train}", "data.max_eval_samples=8", steps=2, method="magnitude"))
-    assert code == 0, err
-    code, _, err = run_cli(capsys, "export", run, "--compact", "--output-dir", tmp_path / "c")
+def test_cli_compact_refused_when_no_unit_was_removed(tmp_path, capsys):
+    """A model pruned weight by weight (no whole head or neuron): --compact says why not and
+    what to use instead, and writes nothing (the same check as for a run, deploy.compacted)."""
+    from mvp_jax.export import export_hf
+
+    config = tiny_config(num_labels=2)
+    _, params = random_params(config, "classification")
+    model = export_hf(tmp_path / "model", multiply_masks(params, weight_masks(params)), config,
+                      "classification")
+    code, _, err = run_cli(capsys, "export", model, "--compact", "--format", "onnx",
+                           "--output-dir", tmp_path / "c")
     assert code == 2
     line = one_error_line(err)
     assert "no whole attention head or FFN neuron was pruned" in line

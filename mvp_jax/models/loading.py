@@ -258,6 +258,10 @@ def read_weights(path: str, layout: Layout = BERT) -> tuple[str, dict[str, np.nd
             raise CheckpointError(f"{file}: unexpected weights {_first(unknown)} (the config's "
                                   f"model_type reads {layout.prefix} checkpoints)")
         return file, flat
+    if os.path.isfile(os.path.join(path, "model.onnx")):
+        raise CheckpointError(f"{path!r} holds an ONNX model (model.onnx), which only mvp-jax "
+                              f"predict and ONNX Runtime run; use the Hugging Face export it was "
+                              f"made from (e.g. RUN/export or RUN/compact)")
     raise CheckpointError(f"no weights file in {path!r}; expected one of {', '.join(WEIGHT_FILES)}")
 
 
