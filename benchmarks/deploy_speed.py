@@ -7,8 +7,9 @@ for the dense export), then timed:
 
 * ``torch pipeline``: transformers' PyTorch ``pipeline("text-classification")`` on the dense
   export (what users run today);
-* ``onnx``: ONNX Runtime (CPU, every graph optimization) on the dense model, each compact model
-  (pruned heads and FFN neurons removed) and each compact model with int8 matrices;
+* ``onnx``: ONNX Runtime (CPU, every graph optimization) on the dense model (also with int8
+  matrices, to show what int8 alone gives), each compact model (pruned heads and FFN neurons
+  removed) and each compact model with int8 matrices;
 * ``jax``: mvp-jax's JAX path (``mvp_jax.predict``, jit, length buckets), dense and compact.
 
 The ONNX and JAX models run through ``mvp_jax.predict`` (texts sorted by length, batched; ONNX
@@ -20,7 +21,7 @@ runtime and over the PyTorch pipeline, the weight file's size, and the accuracy 
 
     python benchmarks/deploy_speed.py runs/hybrid1200/dense runs/hybrid1200/hybrid_kd_k0.5 \\
         runs/hybrid1200/hybrid_kd_k0.3 runs/hybrid1200/hybrid_kd_k0.2 \\
-        --work /tmp/deploy --json benchmarks/results/cpu-2026-12-03/deploy_speed.json \\
+        --work runs/deploy --json benchmarks/results/cpu-2026-12-03/deploy_speed.json \\
         --plot docs/figures/deploy_curve.png
 """
 
@@ -62,9 +63,11 @@ def export_all(dense_run: Path, runs: list[Path], work: Path) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     models = [{"name": "dense", "runtime": "torch pipeline", "dir": dense_run / "export",
                "run": dense_run}]
-    onnx_dense = work / "dense-onnx"
-    export_model_dir(str(dense_run / "export"), str(onnx_dense), format="onnx", overwrite=True)
-    models.append({"name": "dense", "runtime": "onnx", "dir": onnx_dense, "run": dense_run})
+    for suffix, quantize in (("", None), (" int8", "int8")):  # int8 speeds up dense too
+        out = work / f"dense-onnx{suffix.strip() and '-int8'}"
+        export_model_dir(str(dense_run / "export"), str(out), format="onnx", quantize=quantize,
+                         overwrite=True)
+        models.append({"name": f"dense{suffix}", "runtime": "onnx", "dir": out, "run": dense_run})
     models.append({"name": "dense", "runtime": "jax", "dir": dense_run / "export",
                    "run": dense_run})
     for run in runs:
@@ -127,7 +130,8 @@ def plot(rows: list[dict], batches: list[int], dense_accuracy: float, path: str)
             ax.plot([dx, dx, right], [100 * dense_accuracy, floor, floor], ":", color=color,
                     lw=1, label=f"target: >= {dx}x at <= {dy} points below")
         for (runtime, int8), (color, marker, label) in styles.items():
-            series = sorted((r for r in rows if r["runtime"] == runtime and r["name"] != "dense"
+            series = sorted((r for r in rows if r["runtime"] == runtime
+                             and not r["name"].startswith("dense")
                              and r["name"].endswith("int8") == int8),
                             key=lambda r: r[f"speedup_vs_dense_b{b}"])
             if not series:
@@ -135,7 +139,13 @@ def plot(rows: list[dict], batches: list[int], dense_accuracy: float, path: str)
             xs = [r[f"speedup_vs_dense_b{b}"] for r in series]
             ys = [100 * r["accuracy"] for r in series]
             ax.plot(xs, ys, marker=marker, color=color, label=label)
-        ax.set_xlabel(f"speed-up over dense, same runtime (batch {b})")
+            for r, x, y in zip(series, xs, ys):
+                ax.annotate(f"{100 * r['remaining_weights']:.0f}%", (x, y), fontsize=7,
+                            textcoords="offset points", xytext=(4, 4), color=color)
+        ax.plot([1.0], [100 * dense_accuracy], "s", color="0.3")
+        ax.set_xlim(left=0.8)
+        ax.set_xlabel(f"speed-up over dense, same runtime (batch {b}); labels: remaining "
+                      "weights")
         ax.set_ylabel("SST-2 dev accuracy (%)")
         ax.set_title(f"batch {b}")
         ax.legend(fontsize=7, loc="lower left")

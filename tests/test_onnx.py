@@ -368,7 +368,7 @@ def test_deploy_benchmark_runs_every_runtime_and_plots(hybrid_run, tmp_path):
                               "--plot", str(out_png)]) == 0
     rows = json.loads(out_json.read_text())["models"]
     assert [(r["runtime"], r["name"]) for r in rows] == [
-        ("torch pipeline", "dense"), ("onnx", "dense"), ("jax", "dense"),
+        ("torch pipeline", "dense"), ("onnx", "dense"), ("onnx", "dense int8"), ("jax", "dense"),
         ("onnx", "run compact"), ("onnx", "run compact int8"), ("jax", "run compact")]
     by = {(r["runtime"], r["name"]): r for r in rows}
     # the same masked model in three runtimes: the same labels, so the same accuracy
