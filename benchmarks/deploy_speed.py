@@ -99,10 +99,14 @@ def torch_runner(model_dir: Path):
     return run
 
 
-def mvp_runner(model_dir: Path):
+def mvp_runner(model_dir: Path, onnx_threads: int | None = None):
+    from mvp_jax import onnx_export
     from mvp_jax.predict import load_predictor, predict_texts
 
     predictor = load_predictor(str(model_dir), max_seq_length=64)
+    if onnx_threads and onnx_export.is_onnx_dir(str(model_dir)):
+        predictor.params = onnx_export.inference_session(str(model_dir), threads=onnx_threads)
+        predictor.apply = onnx_export.session_apply(predictor.params)
     label2id = {n: i for i, n in enumerate(predictor.label_names)}
 
     def run(texts, batch_size):
@@ -178,6 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, help="first N sentences (default: all 872)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--plot", help="draw accuracy against speed-up here")
+    ap.add_argument("--onnx-threads", type=int,
+                    help="ONNX Runtime's intra-op threads (default: one per core)")
     args = ap.parse_args(argv)
 
     import onnxruntime
@@ -186,8 +192,8 @@ def main(argv=None) -> int:
     runs = [Path(r) for r in args.runs]
     texts, gold = sst2_dev(args.n)
     models = export_all(runs[0], runs[1:], Path(args.work))
-    runners = [torch_runner(m["dir"]) if m["runtime"] == "torch pipeline" else mvp_runner(m["dir"])
-               for m in models]
+    runners = [torch_runner(m["dir"]) if m["runtime"] == "torch pipeline"
+               else mvp_runner(m["dir"], args.onnx_threads) for m in models]
     batches = [int(b) for b in args.batch_sizes.split(",")]
     load_start = os.getloadavg()
     rates = {b: [[] for _ in models] for b in batches}
@@ -226,6 +232,7 @@ def main(argv=None) -> int:
         "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
         "inputs": f"SST-2 dev sentences ({len(texts)}), max 64 tokens",
         "rounds": args.rounds,
+        "onnx_threads": args.onnx_threads or "one per core",
         "loadavg_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],
         "versions": {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
                      "jax": __import__("jax").__version__},
