@@ -235,12 +235,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from mvp_jax.deploy import check_request, export_model_dir
+    from mvp_jax.deploy import export_model_dir
     from mvp_jax.rundir import export_run
 
     options = dict(format=args.format, compact=args.compact, quantize=args.quantize,
                    overwrite=args.overwrite)
-    check_request(args.format, args.quantize, args.compact, args.compressed)
     if not os.path.isfile(os.path.join(args.run, "config.yaml")) and os.path.isfile(
             os.path.join(args.run, "config.json")):
         if args.compressed:

@@ -82,7 +82,7 @@ def export_model_dir(model_dir: str, output_dir: str, *, format: str = "onnx",
                      compact: bool = False, quantize: str | None = None,
                      overwrite: bool = False) -> dict:
     """``export_pruned`` of an exported model directory (e.g. ``RUN/export`` or ``RUN/compact``):
-    its weights are already masked; its head, labels and tokenizer are kept."""
+    its weights are already masked; its head, labels (``id2label``) and tokenizer are kept."""
     from mvp_jax.models import load_pretrained
     from mvp_jax.models.loading import load_config
 
@@ -92,13 +92,10 @@ def export_model_dir(model_dir: str, output_dir: str, *, format: str = "onnx",
     head = head_of(config)
     n = int(config.num_labels) if head == "classification" else None
     pre = load_pretrained(model_dir, head=head, **({"num_labels": n} if n else {}))
-    names = None
-    if head == "classification" and n and n > 1:
-        names = [str(config.id2label.get(i, config.id2label.get(str(i), f"LABEL_{i}")))
-                 for i in range(n)]
+    # the config is copied whole, its id2label / label2id with it
     out = export_pruned(output_dir, pre.params, pre.config, head, format=format, compact=compact,
                         quantize=quantize, tokenizer_path=model_dir, num_labels=n,
-                        label_names=names, overwrite=overwrite)
+                        overwrite=overwrite)
     return {"export": out, "format": format, "compact": compact, "quantize": quantize}
 
 

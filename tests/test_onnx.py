@@ -240,6 +240,8 @@ def test_cli_onnx_export_and_predict_give_the_jax_labels(hybrid_run, tmp_path, c
     assert code == 0, err
     rows = list(predict_texts(load_predictor(str(tmp_path / "from-dir")), texts, batch_size=4))
     assert [r["label"] for r in rows] == [r["label"] for r in jax_rows]
+    assert json.loads((tmp_path / "from-dir" / "config.json").read_text())["id2label"] == \
+        {"0": "neg", "1": "pos"}
 
 
 def test_int8_accuracy_within_one_point(hybrid_run, tmp_path, capsys):
