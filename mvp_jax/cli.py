@@ -1,8 +1,14 @@
-"""The ``mvp-jax`` command: fine-prune, evaluate, export, count, predict.
+"""The ``mvp-jax`` command: fine-prune, evaluate, export, count, predict, compress,
+latency-table.
 
 Exit codes: 0 done; 2 bad input (one line ``mvp-jax: error: ...`` on stderr, never a traceback,
-nothing written); 3 a non-finite loss stopped the run (its checkpoints kept); 130 interrupted
+nothing written); 3 a non-finite loss stopped the run (its checkpoints kept); 4 ``compress``
+found no model within ``--max-drop`` (its runs kept, nothing delivered); 130 interrupted
 (a checkpoint saved); 1 an internal error, i.e. a bug: the traceback is printed.
+
+Every command that compiles uses JAX's persistent compilation cache (``compile_cache_dir()``:
+``$JAX_COMPILATION_CACHE_DIR``, else ``mvp-jax/xla`` in the user's cache folder), so a second
+run of the same shapes compiles nothing; ``--no-compile-cache`` turns it off.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_NON_FINITE = 3
+EXIT_MISSED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -31,6 +38,93 @@ def _add_common_overrides(p: argparse.ArgumentParser) -> None:
                         "default: built-in defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set prune.final_threshold=0.1 (repeatable)")
+
+
+def _add_cache_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache (default: on, in "
+                        "$JAX_COMPILATION_CACHE_DIR or the user's cache folder, mvp-jax/xla)")
+
+
+def compile_cache_dir() -> str:
+    """Where compiled programs are cached: ``$JAX_COMPILATION_CACHE_DIR``, else ``xla`` in
+    mvp-jax's cache folder (``mvp_jax.latency.cache_dir``)."""
+    from mvp_jax.latency import cache_dir
+
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(cache_dir(), "xla")
+
+
+def use_compile_cache() -> str:
+    """Turn on JAX's persistent compilation cache for every program (no minimum compile time);
+    returns its folder."""
+    import jax
+
+    folder = compile_cache_dir()
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    return folder
+
+
+def _add_compress(sub) -> None:
+    p = sub.add_parser(
+        "compress", help="a model N times faster than the dense one, trained, verified, "
+                         "deployable",
+        description="Turn a speed-up target into a unit budget with a latency table of this "
+                    "machine (or of --latency-table), fine-tune the dense teacher once (reused "
+                    "by every target of the task), fine-prune heads and FFN neurons (hybrid "
+                    "movement pruning, distilled) to that budget, export the compact model to "
+                    "ONNX in float32 and int8, score and time both against the dense model "
+                    "side by side, and write the faster one within --max-drop to --output-dir "
+                    "with a model card (README.md). Exit 0 with the model delivered (a missed "
+                    "speed target is said); 4 when no model is within --max-drop.")
+    _add_common_overrides(p)
+    p.add_argument("--speedup", type=float, required=True, metavar="N",
+                   help="times faster than the dense model in ONNX Runtime (> 1)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="the batch size the target is for (default 32; 1 for one request at a "
+                        "time)")
+    p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                   help="at most this many points of the task's main metric below the dense "
+                        "model (default 1.0)")
+    p.add_argument("--precision", default="auto", metavar="auto|float32|int8",
+                   help="the precision to plan the budget for (default auto: the one whose "
+                        "budget keeps more units); both are verified")
+    p.add_argument("--latency-table", metavar="FILE",
+                   help="a latency table measured on the serving machine (mvp-jax "
+                        "latency-table); default: this machine's, measured once and cached")
+    p.add_argument("--onnx-threads", type=int, metavar="N",
+                   help="ONNX Runtime intra-op threads per session (default: one per core)")
+    p.add_argument("--work-dir", default="mvp-jax-runs", metavar="DIR",
+                   help="where the teacher and student runs are kept and reused (default "
+                        "./mvp-jax-runs)")
+    p.add_argument("--output-dir", required=True, metavar="DIR",
+                   help="the deployable model directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --output-dir")
+    p.add_argument("--rounds", type=int, default=3, help="timed passes over the dev texts")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_cache_option(p)
+
+    p = sub.add_parser(
+        "latency-table", help="measure what heads and FFN neurons cost in ONNX Runtime here",
+        description="Time probe models of a model's shape (every layer at a few head counts "
+                    "and FFN widths, random weights) and the dense model in ONNX Runtime on "
+                    "this machine, and write the latency table that mvp-jax compress "
+                    "--latency-table reads: run it on the serving machine. Needs only the "
+                    "model's config.json.")
+    p.add_argument("--model", default="minilm-l6",
+                   help="model name or directory (its config.json; default minilm-l6)")
+    p.add_argument("--batch-size", dest="batch_sizes", default="32,1", metavar="B[,B...]",
+                   help="batch sizes (default 32,1)")
+    p.add_argument("--seq-length", type=int, default=32, metavar="N",
+                   help="tokens per example (default 32; compress measures its own at the dev "
+                        "set's mean padded length)")
+    p.add_argument("--precision", default="float32,int8", metavar="P[,P]",
+                   help="float32, int8 or both (default both)")
+    p.add_argument("--onnx-threads", type=int, metavar="N",
+                   help="ONNX Runtime intra-op threads (default: one per core)")
+    p.add_argument("--rounds", type=int, default=7, help="timed rounds (default 7)")
+    p.add_argument("--output", required=True, metavar="FILE", help="the table file (JSON)")
+    p.add_argument("--overwrite", action="store_true", help="replace --output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-at-step", type=int, metavar="N",
                    help="stop after step N with a checkpoint (continue later with --resume)")
+    _add_cache_option(p)
 
     p = sub.add_parser("evaluate", help="evaluate a model directory or a run on a task",
                        description="Evaluate a Hugging Face model directory (e.g. RUN/export) or a run "
@@ -140,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-length", type=int, metavar="N",
                    help="truncate texts to N tokens (default: the run's, else the model's limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (--file)")
+    _add_compress(sub)
+    for name in ("evaluate", "export", "count", "predict"):
+        _add_cache_option(sub.choices[name])
     return parser
 
 
@@ -289,8 +387,77 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    from mvp_jax.compress import check_options, compress
+    from mvp_jax.config import load_config
+
+    check_options(args.speedup, args.max_drop, args.batch_size, args.precision,
+                  args.onnx_threads)
+    if args.rounds < 1:
+        raise UserError(f"--rounds must be >= 1, got {args.rounds}")
+    cfg = load_config(args.config or None, args.overrides)
+    command = "mvp-jax " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["compress"] else ""
+    outcome = compress(cfg, args.speedup, args.output_dir, batch_size=args.batch_size,
+                       max_drop=args.max_drop, precision=args.precision, work_dir=args.work_dir,
+                       latency_table=args.latency_table, onnx_threads=args.onnx_threads,
+                       rounds=args.rounds, overwrite=args.overwrite,
+                       progress=not args.no_progress, command=command)
+    print(json.dumps({k: outcome.report.get(k) for k in (
+        "status", "summary", "chosen", "plan", "models", "output_dir")}, indent=2, default=float))
+    if outcome.status == "missed_accuracy":
+        print(f"mvp-jax: error: {outcome.message}", file=sys.stderr)
+        return EXIT_MISSED
+    print(f"mvp-jax: {outcome.message}; model in {outcome.output_dir}", file=sys.stderr)
+    return 0
+
+
+def _csv(text: str, convert, what: str) -> list:
+    try:
+        items = [convert(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        items = []
+    if not items:
+        raise UserError(f"{what} must be a comma-separated list, got {text!r}")
+    return items
+
+
+def cmd_latency_table(args) -> int:
+    from mvp_jax import latency
+    from mvp_jax.models import load_config as load_model_config
+    from mvp_jax.models import resolve_model_path
+    from mvp_jax.onnx_export import require_onnx, unsupported_reason
+
+    batches = _csv(args.batch_sizes, int, "--batch-size")
+    precisions = _csv(args.precision, str, "--precision")
+    for p in precisions:
+        latency.check_precision(p)
+    if min(batches) < 1 or args.seq_length < 2 or args.rounds < 1:
+        raise UserError("--batch-size, --rounds must be >= 1 and --seq-length >= 2")
+    if args.onnx_threads is not None and args.onnx_threads < 1:
+        raise UserError(f"--onnx-threads must be >= 1, got {args.onnx_threads}")
+    if os.path.exists(args.output) and not args.overwrite:
+        raise UserError(f"--output {args.output} exists; pass --overwrite to replace it")
+    require_onnx()
+    config = load_model_config(resolve_model_path(args.model))
+    reason = unsupported_reason(config)
+    if reason:
+        raise UserError(f"model {args.model}: {reason}")
+    tables = []
+    for b in batches:
+        tables += latency.measure_tables(config, b, args.seq_length, precisions,
+                                         args.onnx_threads, rounds=args.rounds, progress=True)
+    latency.save_tables(args.output, tables)
+    for t in tables:
+        print(f"batch {t.batch_size} {t.precision}: dense {t.dense_ms:.2f} ms, fixed "
+              f"{t.base_ms:.2f} ms, per layer: all heads {t.attention_ms[-1][1]:.2f} ms, all "
+              f"neurons {t.ffn_ms[-1][1]:.2f} ms")
+    print(f"latency tables written to {args.output}", file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"fine-prune": cmd_fine_prune, "evaluate": cmd_evaluate, "export": cmd_export,
-            "count": cmd_count, "predict": cmd_predict}
+            "count": cmd_count, "predict": cmd_predict, "compress": cmd_compress,
+            "latency-table": cmd_latency_table}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     from mvp_jax.runner import Interrupted, NonFiniteLoss
 
     try:
+        if not getattr(args, "no_compile_cache", True):
+            use_compile_cache()
         return COMMANDS[args.command](args)
     except Interrupted as e:
         print(f"mvp-jax: {e}", file=sys.stderr)

@@ -281,6 +281,27 @@ def _quiet_root_logger():
         root.removeHandler(null)
 
 
+_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish",
+                "tanh")
+
+
+def unsupported_reason(config: Any) -> str | None:
+    """Why ``onnx_model`` cannot export a model of this config (None when it can): an
+    architecture without an ONNX layout here, or an activation ``_Graph.activation`` lacks."""
+    from mvp_jax.models.bert import BertSpec
+    from mvp_jax.models.layout import layout_of
+
+    try:
+        spec = BertSpec.from_config(config)
+    except UserError as e:
+        return str(e)
+    if layout_of(spec.model_type).prefix not in _LAYER_NORMS:
+        return f"ONNX export does not support model_type {spec.model_type!r}"
+    if spec.hidden_act not in _ACTIVATIONS:
+        return f"ONNX export does not support the activation {spec.hidden_act!r}"
+    return None
+
+
 def is_onnx_dir(path: str) -> bool:
     """True when ``path`` is a model directory holding ``model.onnx``."""
     return os.path.isfile(os.path.join(path, MODEL_FILE))
@@ -315,4 +336,4 @@ def session_apply(session):
 
 
 __all__ = ["INSTALL", "MODEL_FILE", "OPSET", "QUANTIZE", "inference_session", "is_onnx_dir",
-           "onnx_model", "require_onnx", "session_apply", "write_onnx"]
+           "onnx_model", "require_onnx", "session_apply", "unsupported_reason", "write_onnx"]
