@@ -21,7 +21,9 @@ transformers 5.25 to 4.57.6, tokenizers to 0.22 and huggingface_hub 2.4 to 0.36 
 needs <1.0), under which the installed datasets 5.2 (huggingface-hub>=1.31) fails to import, and
 mvp_jax.data with it; ``pip install -e ".[test]" optimum-onnx`` resolves by also taking datasets
 5.0.1. This file passes on that stack (optimum in the same interpreter), but the rest of the suite
-is not checked there. Without either interpreter the Optimum tests skip, saying so (``-ra``).
+is not checked there. Without either interpreter, the ``optimum_python`` fixture installs that
+stack (``OPTIMUM_STACK``, about 15 s from PyPI) into a folder of its own, first on the serving
+interpreter's path, and serves from there; the tests never skip.
 
 Batching: int8 graphs quantize activations with one scale per call (ONNX Runtime's dynamic
 quantization), so an int8 output depends slightly on what else is in the batch (padding, other
@@ -59,10 +61,8 @@ TEXTS = ["A moving, beautifully acted film.", "Dull and far too long.",
          "A warm story about an old fisherman and his dog.", "Why did anyone fund this?", "ok"]
 SERVING_PYTHON = "MVP_JAX_SERVING_PYTHON"
 OPTIMUM_BLOCKER = (
-    "Optimum not installed here: optimum-onnx 0.1.0 requires transformers<4.58 and "
-    "huggingface_hub<1 (this project runs transformers 5), so it is not in the test extra; set "
-    "MVP_JAX_SERVING_PYTHON to a Python with optimum-onnx installed (tests/test_serving.py "
-    "docstring)")
+    "optimum-onnx 0.1.0 requires transformers<4.58 and huggingface_hub<1 (this project runs "
+    "transformers 5), so it is not in the test extra")
 
 
 def _pruned_bert(out: Path) -> Path:
@@ -208,10 +208,13 @@ results[model_dir] = {
 """
 
 
-def serve(python: str, code: str, dirs: dict[str, Path]) -> dict:
-    """Run ``code`` (per model directory) in ``python``; its results by directory name."""
+def serve(python: str, code: str, dirs: dict[str, Path], path: str | None = None) -> dict:
+    """Run ``code`` (per model directory) in ``python`` (``path`` first on its PYTHONPATH);
+    its results by directory name."""
     script = _PRELUDE + textwrap.indent(code, "    ") + _CHECK
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if path:
+        env["PYTHONPATH"] = path
     done = subprocess.run([python, "-c", script], input=json.dumps([[str(d) for d in
                                                                      dirs.values()], TEXTS]),
                           capture_output=True, text=True, env=env, timeout=300)
@@ -220,15 +223,31 @@ def serve(python: str, code: str, dirs: dict[str, Path]) -> dict:
     return {name: by_dir[str(d)] for name, d in dirs.items()}
 
 
-def optimum_python() -> str:
-    """``MVP_JAX_SERVING_PYTHON``, else this interpreter when it has optimum; else a skip that
-    says why (module docstring)."""
+# Optimum's serving stack, installed beside this one when no interpreter with it is given: the
+# newest optimum-onnx and the versions it needs (transformers 4, huggingface_hub 0.x)
+OPTIMUM_STACK = ("optimum-onnx==0.1.0", "optimum==2.1.0", "transformers==4.57.6",
+                 "tokenizers==0.22.2", "huggingface_hub==0.36.2")
+
+
+@pytest.fixture(scope="session")
+def optimum_python(tmp_path_factory) -> tuple[str, str | None]:
+    """``(interpreter, PYTHONPATH)`` that serves with Optimum: ``MVP_JAX_SERVING_PYTHON``, else
+    this interpreter when it has optimum, else this interpreter with ``OPTIMUM_STACK`` installed
+    (``pip install --target``, no dependencies: torch, onnxruntime and numpy are this
+    environment's) in a folder of its own first on its path."""
     chosen = os.environ.get(SERVING_PYTHON)
     if chosen:
-        return chosen
+        return chosen, None
     if importlib.util.find_spec("optimum") is not None:
-        return sys.executable
-    pytest.skip(OPTIMUM_BLOCKER)
+        return sys.executable, None
+    target = tmp_path_factory.mktemp("optimum-stack")
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "--disable-pip-version-check", "--target", str(target),
+                           *OPTIMUM_STACK], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.fail(f"could not install Optimum's serving stack ({OPTIMUM_BLOCKER}): "
+                    f"{done.stderr[-1500:]}")
+    return sys.executable, str(target)
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +256,8 @@ def ort_results(exported):
 
 
 @pytest.fixture(scope="module")
-def optimum_results(exported):
-    return serve(optimum_python(), OPTIMUM_CODE, exported)
+def optimum_results(exported, optimum_python):
+    return serve(*optimum_python[:1], OPTIMUM_CODE, exported, path=optimum_python[1])
 
 
 @pytest.mark.parametrize("name", ["compact", "int8"])
