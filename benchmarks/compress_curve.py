@@ -1,0 +1,173 @@
+"""The operating curve of ``mvp-jax compress``: accuracy against measured speed-up, one point per
+speed-up target, from the committed ``compress.json`` files under ``results/compress/``.
+
+    # after `mvp-jax compress ... --work-dir runs/compress` for each target (runs/compress/chain.sh):
+    python benchmarks/compress_curve.py --collect runs/compress   # small files -> results/compress/
+    python benchmarks/compress_curve.py                           # README table + figure
+    python benchmarks/compress_curve.py --check                   # exit 1 if README differs
+
+``--collect`` copies, for each run of the work directory, its small files (``compress.json``,
+``config.yaml``, ``eval_results.json``, ``counts.json``, ``metrics.jsonl``) to
+``results/compress/<task>/<target>x/`` (the student) and ``results/compress/<task>/teacher/``.
+The README's table lies between the markers ``<!-- compress-curve:start -->`` and
+``<!-- compress-curve:end -->`` and is written only by this script (tests/test_compress_curve.py
+checks that it equals what the files give).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "compress"
+README = ROOT / "README.md"
+FIGURE = ROOT / "docs" / "figures" / "compress_curve.png"
+START, END = "<!-- compress-curve:start -->", "<!-- compress-curve:end -->"
+SMALL_FILES = ("compress.json", "config.yaml", "eval_results.json", "counts.json",
+               "metrics.jsonl")
+
+
+def _copy_small(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in SMALL_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def collect(work: Path, results: Path = RESULTS) -> list[Path]:
+    """Copy the small files of every finished compress run under ``work``; returns the point
+    folders written."""
+    written = []
+    for report_path in sorted(work.glob("*/compress.json")):
+        report = json.loads(report_path.read_text())
+        point = results / report["task"] / f"{report['target_speedup']:g}x-b{report['batch_size']}"
+        _copy_small(report_path.parent, point)
+        _copy_small(Path(report["teacher_run"]), results / report["task"] / "teacher")
+        written.append(point)
+    return written
+
+
+def points(results: Path = RESULTS) -> list[dict]:
+    """Every point's report, ordered by task then target."""
+    reports = [json.loads(p.read_text()) for p in results.glob("*/*/compress.json")
+               if p.parent.name != "teacher"]
+    return sorted(reports, key=lambda r: (r["task"] != "sst2", r["task"], r["batch_size"],
+                                          r["target_speedup"]))
+
+
+def _delivered(r: dict) -> str:
+    """The export the command delivered, or the one it measured best when it delivered none."""
+    if r.get("chosen"):
+        return r["chosen"]
+    return max(("float32", "int8"), key=lambda p: r["models"][p]["score"])
+
+
+def table(reports: list[dict]) -> str:
+    """The README's markdown table of the curve."""
+    head = ("| task | target (batch) | kept per layer: heads, neurons | remaining | dev: dense "
+            "-> model (points) | delivered | batch 32: measured (predicted) | batch 1 | "
+            "outcome |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in reports:
+        p = _delivered(r)
+        m, dense = r["models"][p], r["models"]["dense"]
+        metric = "MCC" if r["metric"] == "mcc" else r["metric"]
+        plan = r["plan"]
+        heads = sorted(set(r["layer_num_heads"]))
+        neurons = sorted(set(r["layer_intermediate_sizes"]))
+        outcome = {"met": "met", "missed_speed": "speed missed",
+                   "missed_accuracy": f"over --max-drop {r['max_drop']:g}"}[r["status"]]
+        cells = [
+            r["task"].upper() if r["task"] != "sst2" else "SST-2",
+            f"{r['target_speedup']:g}x ({r['batch_size']})",
+            f"{'/'.join(map(str, heads))}, {'/'.join(map(str, neurons))}",
+            f"{100 * r['remaining_weights']:.0f}%",
+            f"{dense['score']:.1f} -> {m['score']:.1f} {metric} ({-m['drop']:+.1f})",
+            p,
+            f"**{m['speedup']['32']:.2f}x** ({plan['predicted_speedup']:.2f}x "
+            f"{plan['precision']})" if "32" in m["speedup"] else "",
+            f"{m['speedup']['1']:.2f}x" if "1" in m["speedup"] else "",
+            outcome,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def replace_between_markers(text: str, body: str) -> str:
+    if START not in text or END not in text:
+        raise SystemExit(f"README.md has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{body}\n{END}{tail}"
+
+
+def plot(reports: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in reports}, key=lambda t: t != "sst2")
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 4 * len(tasks)), squeeze=False)
+    for row, task in zip(axes, tasks):
+        rs = [r for r in reports if r["task"] == task]
+        dense = rs[0]["models"]["dense"]["score"]
+        metric = "MCC x 100" if rs[0]["metric"] == "mcc" else rs[0]["metric"]
+        for ax, b in zip(row, ("32", "1")):
+            ax.axhline(dense, color="0.5", ls="--", lw=1, label="dense")
+            ax.axhline(dense - 1.0, color="tab:red", ls=":", lw=1, label="1 point below dense")
+            for p, color, marker in (("float32", "tab:blue", "o"), ("int8", "tab:orange", "s")):
+                xs = [r["models"][p]["speedup"][b] for r in rs if b in r["models"][p]["speedup"]]
+                ys = [r["models"][p]["score"] for r in rs if b in r["models"][p]["speedup"]]
+                ax.scatter(xs, ys, color=color, marker=marker, label=p)
+                for r, x, y in zip(rs, xs, ys):
+                    ax.annotate(f"{r['target_speedup']:g}x", (x, y), fontsize=7,
+                                textcoords="offset points", xytext=(4, 3), color=color)
+            for r in rs:
+                ax.axvline(r["target_speedup"], color="0.85", lw=0.8, zorder=0)
+            ax.set_xlabel(f"measured speed-up over dense float32 (ONNX Runtime, batch {b}); "
+                          "labels: the target", fontsize=8)
+            ax.set_ylabel(f"{task} dev {metric}")
+            ax.set_title(f"{task}: batch {b}")
+            ax.legend(fontsize=7, loc="lower left")
+    fig.suptitle("mvp-jax compress: MiniLM-L6, hybrid movement pruning distilled, CPU")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--collect", metavar="WORK_DIR", type=Path,
+                    help="first copy the small files of the runs in WORK_DIR")
+    ap.add_argument("--check", action="store_true",
+                    help="only check that README.md's table equals the files' (exit 1 if not)")
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+    if args.collect:
+        for p in collect(args.collect):
+            print(f"collected {p.relative_to(ROOT)}")
+    reports = points()
+    if not reports:
+        raise SystemExit(f"no compress.json under {RESULTS}")
+    text = README.read_text()
+    new = replace_between_markers(text, table(reports))
+    if args.check:
+        if new != text:
+            print("README.md's compress table differs from results/compress; run "
+                  "python benchmarks/compress_curve.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    if not args.no_plot:
+        plot(reports, FIGURE)
+    print(table(reports))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
