@@ -214,3 +214,63 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, e
                                     str(ROOT / f"configs/lab/sst2/{recipe}.yaml"),
                                     "--output-dir", str(out), *extra], out)
     assert message in line
+
+
+# The tiny random BERT (conftest ``tiny_bert``) in 6 updates: scores start just above the
+# threshold (sigmoid(-2.1) = 0.109 > tau = 0.1), so lambda decides what falls under it. Measured:
+# lambda 0.01 keeps 84%, 0.03 80%, 0.1 43%, 0.3 24%: the search for 30% starts 13 points off.
+TINY_SOFT = ["task.name=sst2", "task.max_seq_length=32", "data.max_train_samples=32",
+             "data.max_eval_samples=16", "train.batch_size=16", "train.max_steps=6",
+             "train.warmup_steps=1", "train.learning_rate=1e-4", "train.scores_learning_rate=0.1",
+             "train.log_every=6", "prune.initial_warmup=1", "prune.final_warmup=1",
+             "prune.mask_init=constant", "prune.mask_scale=-2.1", *SOFT[:4],
+             "prune.final_lambda=0.1"]
+
+
+@pytest.mark.slow
+def test_soft_movement_reaches_its_target_end_to_end(tmp_path, shared_data, tiny_bert, capsys):
+    out = tmp_path / "search"
+    sets = [a for o in [f"model.name={tiny_bert}", f"task.data_dir={shared_data / 'glue' / 'SST-2'}",
+                        *TINY_SOFT] for a in ("--set", o)]
+
+    def command(tolerance="0.03", trials="4"):
+        return ["fine-prune", "--output-dir", str(out), "--no-progress", "--target-remaining",
+                "0.3", "--tolerance", tolerance, "--lambda-trials", trials, *sets]
+
+    assert main(command()) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)["target"]
+    trials = json.loads((out / "lambda_trials.json").read_text())["trials"]
+    assert report["on_target"] and report["ran"] == len(trials) >= 2 and len(trials) <= 4
+    assert 0.1 in [t["lam"] for t in trials]  # the config's final_lambda, 13 points off
+    assert [abs(t["remaining"] - 0.3) <= 0.03 for t in trials].count(True) == 1  # stops there
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert abs(saved["remaining"] / saved["prunable"] - 0.3) <= 0.03
+    assert json.loads((out / "counts.json").read_text())["remaining"] == saved["remaining"]
+    assert load_config(str(out / "config.yaml")).prune.final_lambda == report["final_lambda"]
+    table = [line for line in captured.err.splitlines()
+             if "trials/lambda-" in line and not line.startswith("mvp-jax:")]
+    assert len(table) == len(trials) and sum(line.startswith("* ") for line in table) == 1
+
+    # the same command again: every trial read, none run
+    def stamps():
+        return {d.name: (d / "eval_results.json").stat().st_mtime_ns
+                for d in (out / "trials").iterdir()}
+
+    before = stamps()
+    assert main(command()) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["target"]["ran"] == 0 and "lambda trial" not in captured.err
+    assert stamps() == before
+
+    # the run in DIR evaluates as any run, to its own results
+    assert main(["evaluate", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out) == saved["metrics"]
+
+    # a tolerance no trial meets, no trial left to run: exit 4, one line, the closest stays
+    assert main(command(tolerance="0.0001", trials=str(len(trials)))) == EXIT_TARGET_MISSED
+    err = capsys.readouterr().err
+    missed = [line for line in err.splitlines() if "target missed" in line]
+    assert len(missed) == 1 and missed[0].startswith("mvp-jax: target missed: 30.00% remaining")
+    assert stamps() == before
+    assert json.loads((out / "eval_results.json").read_text()) == saved
