@@ -151,7 +151,7 @@ class TargetResult:
         return (f"target missed: {_pct(self.target)} remaining wanted, the closest of "
                 f"{len(self.trials)} trials ({mine} run for this target; prune.final_lambda="
                 f"{c.lam:g}) kept {_pct(c.remaining)}, {100 * abs(self.off_by):.2f} points "
-                f"{'over' if self.off_by > 0 else 'under'} (tolerance {100 * self.tolerance:g}); "
+                f"{'over' if self.off_by > 0 else 'under'} (tolerance {100 * self.tolerance:g} points); "
                 f"it is the run in {self.output_dir}; more trials: --lambda-trials")
 
     def table(self) -> list[str]:
