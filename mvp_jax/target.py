@@ -273,6 +273,17 @@ def _check_directory(output_dir: str, record: dict | None, config: dict, *, resu
         raise TargetError("--resume and --overwrite exclude each other")
     if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
         raise TargetError(f"output directory {output_dir!r} is a file")
+    searched = os.path.exists(os.path.join(output_dir, SEARCH_FILE))
+    if overwrite and not searched and os.path.isdir(output_dir):
+        if os.path.lexists(os.path.join(output_dir, TRIALS_DIR)):
+            raise TargetError(f"{output_dir!r} holds a {TRIALS_DIR}/ folder but no "
+                              f"{SEARCH_FILE}; --overwrite replaces a lambda search or a run, "
+                              "not a folder of yours: move it away or choose another directory")
+        foreign = foreign_entries(output_dir)
+        if foreign and not holds_run(output_dir):
+            raise TargetError(f"output directory {output_dir!r} is not empty and holds no run "
+                              f"(e.g. {foreign[0]!r}); choose an empty or new directory; "
+                              "--overwrite replaces runs only")
     if overwrite:
         return
     if record is not None:

@@ -188,6 +188,13 @@ def test_library_bad_input_writes_nothing(tmp_path):
     with pytest.raises(TargetError, match="already holds a run that is not a lambda search"):
         fine_prune_to_target(load_config(None, SOFT), str(out), 0.1, run=FakeRun())
     assert sorted(os.listdir(out)) == ["config.yaml"]
+    mine = tmp_path / "mine"
+    (mine / "trials").mkdir(parents=True)
+    (mine / "trials" / "notes.txt").write_text("mine")
+    with pytest.raises(TargetError, match="holds a trials/ folder but no lambda_trials.json"):
+        fine_prune_to_target(load_config(None, SOFT), str(mine), 0.1, overwrite=True,
+                             run=FakeRun())
+    assert (mine / "trials" / "notes.txt").read_text() == "mine" and len(os.listdir(mine)) == 1
 
 
 def one_line_exit_2(capsys, argv, out):
@@ -266,6 +273,12 @@ def test_soft_movement_reaches_its_target_end_to_end(tmp_path, shared_data, tiny
     # the run in DIR evaluates as any run, to its own results
     assert main(["evaluate", str(out)]) == 0
     assert json.loads(capsys.readouterr().out) == saved["metrics"]
+    # and exports from its checkpoint (hard links of the chosen trial's) to the same weights
+    assert main(["export", str(out), "--output-dir", str(tmp_path / "exported")]) == 0
+    assert json.loads(capsys.readouterr().out)["remaining_weights"] == pytest.approx(
+        saved["remaining"] / saved["prunable"], abs=1e-12)
+    assert (tmp_path / "exported" / "model.safetensors").read_bytes() == (
+        out / "export" / "model.safetensors").read_bytes()
 
     # a tolerance no trial meets, no trial left to run: exit 4, one line, the closest stays
     assert main(command(tolerance="0.0001", trials=str(len(trials)))) == EXIT_TARGET_MISSED
