@@ -28,6 +28,11 @@ trial's last, so DIR holds a complete run or, after a crash while placing, none 
 call places it again). The same command again therefore reruns no trial: it reads them,
 places the chosen one if needed, and reports.
 
+A new search needs a new or empty DIR. ``resume`` (``--resume``) only insists that DIR holds a
+search (running the command again already continues one); ``overwrite`` (``--overwrite``)
+deletes DIR's search (trials, table, run) or run and starts again. ``stop_at_step`` does not
+apply to a search.
+
 Trials of the same configuration (the config with ``prune.final_lambda`` and ``mesh`` left
 out) for another target are history too (each is a measurement of remaining(lambda));
 ``max_trials`` counts the trials run for the current target. A directory holding a search of
