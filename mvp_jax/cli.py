@@ -2,8 +2,10 @@
 latency-table.
 
 Exit codes: 0 done; 2 bad input (one line ``mvp-jax: error: ...`` on stderr, never a traceback,
-nothing written); 3 a non-finite loss stopped the run (its checkpoints kept); 4 ``compress``
-found no model within ``--max-drop`` (its runs kept, nothing delivered); 130 interrupted
+nothing written); 3 a non-finite loss stopped the run (its checkpoints kept); 4 a target was
+missed: ``compress`` found no model within ``--max-drop`` (its runs kept, nothing delivered),
+or ``fine-prune --target-remaining`` no lambda within ``--tolerance`` (the closest trial is
+the run); 130 interrupted
 (a checkpoint saved); 1 an internal error, i.e. a bug: the traceback is printed.
 
 Every command that compiles uses JAX's persistent compilation cache (``compile_cache_dir()``:
@@ -147,6 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at-step", type=int, metavar="N",
                    help="stop after step N with a checkpoint (continue later with --resume)")
     _add_cache_option(p)
+    g = p.add_argument_group(
+        "a sparsity target", "keep a fraction of the prunable encoder weights, whatever the "
+        "method: topk, magnitude and random take it as prune.final_threshold (one run); "
+        "sigmoied_threshold (soft movement) and l0 search prune.final_lambda with complete runs "
+        "in DIR/trials/lambda-<L>/, starting from the config's final_lambda, list them in "
+        "DIR/lambda_trials.json and make the closest the run in DIR (the same command again "
+        "reruns nothing; an interrupted trial continues). Exit code 4 when no trial lands "
+        "within --tolerance: the closest one is then the run in DIR (see mvp_jax/target.py)")
+    g.add_argument("--target-remaining", type=float, metavar="FRACTION",
+                   help="fraction of the prunable weights to keep, in (0, 1], e.g. 0.1")
+    g.add_argument("--lambda-trials", type=int, metavar="N",
+                   help="at most N runs for this target (default 5; soft movement, L0)")
+    g.add_argument("--tolerance", type=float, metavar="FRACTION",
+                   help="stop at a trial within this absolute fraction of the target (default "
+                        "0.01, one point; soft movement, L0)")
 
     p = sub.add_parser("evaluate", help="evaluate a model directory or a run on a task",
                        description="Evaluate a Hugging Face model directory (e.g. RUN/export) or a run "
@@ -262,7 +279,27 @@ def cmd_fine_prune(args) -> int:
     from mvp_jax.config import load_config
     from mvp_jax.runner import fine_prune
 
+    if args.target_remaining is None:
+        for flag, value in (("--lambda-trials", args.lambda_trials),
+                            ("--tolerance", args.tolerance)):
+            if value is not None:
+                raise UserError(f"{flag} applies with --target-remaining")
     cfg = load_config(args.config or None, args.overrides)
+    if args.target_remaining is not None:
+        from mvp_jax.target import fine_prune_to_target
+
+        given = {k: v for k, v in (("max_trials", args.lambda_trials),
+                                   ("tolerance", args.tolerance)) if v is not None}
+        found = fine_prune_to_target(
+            cfg, args.output_dir, args.target_remaining, resume=args.resume,
+            overwrite=args.overwrite, progress=not args.no_progress,
+            stop_at_step=args.stop_at_step, **given)
+        for line in found.table():
+            print(line, file=sys.stderr)
+        print(json.dumps(found.report(), indent=2, default=float))
+        if not found.on_target:
+            print(f"mvp-jax: {found.missed_line()}", file=sys.stderr)
+        return found.exit_code
     results = fine_prune(cfg, args.output_dir, resume=args.resume, overwrite=args.overwrite,
                          progress=not args.no_progress, stop_at_step=args.stop_at_step)
     print(json.dumps(results, indent=2, default=float))
