@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="texts to label: a .csv, .tsv, .json, .jsonl or .parquet file")
     p.add_argument("--text-column", dest="text_columns", action="append", metavar="COLUMN",
                    help="the text column of --file; twice for sentence pairs (default: the "
-                        "run's text columns, else text)")
+                        "run's text columns, its task's for a built-in task; else the file's "
+                        "only column, else text)")
     p.add_argument("--output", metavar="FILE",
                    help="write the results to FILE (.jsonl or .csv) instead of printing them")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")

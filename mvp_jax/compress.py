@@ -511,7 +511,17 @@ mvp-jax predict {report['output_dir']} --text "..."
 
 or run `model.onnx` in ONNX Runtime with this directory's tokenizer: inputs `input_ids`,
 `attention_mask` (int64, `[batch, sequence]`), output `logits`; class names in `config.json`'s
-`id2label`.
+`id2label`. Hugging Face Optimum (`pip install optimum-onnx`, in an environment of its own: it
+needs transformers 4) loads it too:
+
+```python
+from optimum.onnxruntime import ORTModelForSequenceClassification
+from transformers import AutoTokenizer, pipeline
+
+model = ORTModelForSequenceClassification.from_pretrained("{report['output_dir']}")
+tokenizer = AutoTokenizer.from_pretrained("{report['output_dir']}")
+pipeline("text-classification", model=model, tokenizer=tokenizer)("...")
+```
 """
 
 

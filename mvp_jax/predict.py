@@ -246,17 +246,20 @@ def predict_texts(predictor: Predictor, texts: Sequence[str],
             bar.close()
 
 
-def read_texts(path: str | os.PathLike, columns: Sequence[str]
+def read_texts(path: str | os.PathLike, columns: Sequence[str] | None
                ) -> tuple[list[str], list[str] | None]:
     """The texts of a data file (CSV, TSV, JSON, JSON Lines, Parquet; the same reader and checks as
-    training data): one column, or two for pairs. A missing column, an empty text or an empty
-    file is a ``DataError`` naming the file, row and column."""
+    training data): one column, or two for pairs (``None``: the file's only column, else
+    ``text``). A missing column, an empty text or an empty file is a ``DataError`` naming the
+    file, row and column."""
     from mvp_jax.data.custom import _text, read_data_file
     from mvp_jax.data.tasks import DataError
 
+    ds = read_data_file(path)
+    if columns is None:  # a file of one column needs no name; else the usual "text"
+        columns = tuple(ds.column_names) if len(ds.column_names) == 1 else ("text",)
     if not 1 <= len(columns) <= 2:
         raise PredictError(f"--text-column: one column, or two for pairs, got {list(columns)}")
-    ds = read_data_file(path)
     for c in columns:
         if c not in ds.column_names:
             raise DataError(f"{path}: no column {c!r} (--text-column); its columns are: "
@@ -314,6 +317,18 @@ def write_predictions(path: str, rows: list[dict], label_names: Sequence[str] = 
         raise
 
 
+def run_text_columns(run_cfg) -> tuple[str, ...] | None:
+    """The text columns a run read: its own data's (``text`` by default), a built-in task's
+    (SST-2's ``sentence``, MNLI's ``premise`` and ``hypothesis`` ...); None without a run."""
+    if run_cfg is None or run_cfg.task.is_qa:
+        return None
+    if run_cfg.task.own_data:
+        return tuple(run_cfg.task.text_columns or ("text",))
+    from mvp_jax.data.tasks import get_task
+
+    return tuple(get_task(run_cfg.task.name).text_keys) or None
+
+
 def run_predict(model: str, *, texts: Sequence[str] | None = None, file: str | None = None,
                 text_columns: Sequence[str] | None = None, output: str | None = None,
                 batch_size: int = 32, max_seq_length: int | None = None,
@@ -332,9 +347,8 @@ def run_predict(model: str, *, texts: Sequence[str] | None = None, file: str | N
         _check_texts(texts, "--text")
     _, run_cfg = resolve_model_dir(model)  # the model itself is loaded after the inputs are read
     if file is not None:
-        columns = text_columns or (run_cfg.task.text_columns if run_cfg is not None
-                                   and run_cfg.task.own_data else None) or ("text",)
-        texts, pairs = read_texts(file, tuple(columns))
+        columns = text_columns or run_text_columns(run_cfg)
+        texts, pairs = read_texts(file, tuple(columns) if columns else None)
     predictor = load_predictor(model, max_seq_length)
     rows = list(predict_texts(predictor, texts, pairs, batch_size=batch_size,
                               progress=progress and file is not None))

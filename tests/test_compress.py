@@ -312,3 +312,38 @@ def test_no_compile_cache_turns_it_off(tiny_bert, capsys, monkeypatch):
     assert calls == [1]
     assert run_cli(capsys, "count", tiny_bert, "--json", "--no-compile-cache")[0] == 0
     assert calls == [1]
+
+
+def test_readme_compress_table_is_the_one_its_files_give():
+    """README's Deploy table lies between markers and is written by benchmarks/compress_curve.py
+    from results/compress/*/compress.json: a hand edit or a stale table fails here."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "benchmarks/compress_curve.py", "--check"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_predict_file_of_a_builtin_task_run_reads_its_text_column(tiny_bert_classifier, tmp_path,
+                                                                   capsys):
+    """A run of SST-2 knows its text column (``sentence``): ``predict RUN --file`` needs no
+    ``--text-column``; a file with one column needs none either (issue 33, item 9)."""
+    import shutil
+
+    from mvp_jax.config import load_config, save_config
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_bert_classifier, run / "export")
+    save_config(load_config(None, ["task.name=sst2", f"model.name={tiny_bert_classifier}"]),
+                run / "config.yaml")
+    texts = ["a gorgeous film", "dull and long"]
+    write(tmp_path / "dev.csv", [{"sentence": t, "label": 1} for t in texts])
+    code, stdout, err = run_cli(capsys, "predict", run, "--file", tmp_path / "dev.csv")
+    assert code == 0, err
+    assert [json.loads(line)["text"] for line in stdout.splitlines()] == texts
+    write(tmp_path / "one.csv", [{"review": t} for t in texts])
+    code, stdout, err = run_cli(capsys, "predict", run / "export", "--file", tmp_path / "one.csv")
+    assert code == 0, err
+    assert [json.loads(line)["text"] for line in stdout.splitlines()] == texts
+    write(tmp_path / "two.csv", [{"review": t, "id": 1} for t in texts])
+    code, _, err = run_cli(capsys, "predict", run / "export", "--file", tmp_path / "two.csv")
+    assert code == 2 and "no column 'text'" in one_error_line(err)
