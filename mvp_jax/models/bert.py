@@ -368,8 +368,8 @@ class Bert(nn.Module):
     Call: ``module.apply({"params": p}, input_ids, attention_mask=None, token_type_ids=None,
     deterministic=True, rngs={"dropout": key})``; with ``output_hidden_states=True`` the result
     is ``(outputs, all_hidden_states)``; with ``mutable=["intermediates"]`` apply also returns
-    each layer's sown attention scores (``attention_scores_of``). Other architectures subclass it and override the
-    ``encoder`` / ``classify`` / ``qa`` hooks.
+    each layer's sown attention scores (``attention_scores_of``). Other architectures subclass
+    it and override the ``encoder`` / ``classify`` / ``qa`` hooks.
     """
 
     spec: BertSpec
