@@ -500,20 +500,34 @@ class DataConfig(_Section):
 class DistillConfig(_Section):
     """Knowledge distillation from a fine-tuned teacher (used only when ``teacher`` is set).
 
-    ``loss = alpha_ce * task_loss + alpha_distil * T^2 * KL(softmax(t/T) || softmax(s/T))``.
+    ``loss = alpha_ce * task_loss + alpha_distil * T^2 * KL(softmax(t/T) || softmax(s/T))
+    + alpha_hidden * L_hidden + alpha_attention * L_attention``, the layer-wise terms
+    (``mvp_jax.distill``; 0 = not computed) over real tokens, per matched pair of layers:
+    ``L_hidden`` the mean squared error of the hidden states (embedding output and every
+    layer's output), ``L_attention`` the KL of the teacher's attention distributions to the
+    student's, averaged over heads and query positions. ``layer_map`` pairs the layers:
+    ``identity`` (same depth), ``uniform`` (student layer s <- teacher layer floor(s N / M),
+    TinyBERT), ``dynamic`` (each teacher layer <- the student layer closest in MSE, matches
+    non-decreasing in depth, recomputed every micro-batch, CoFi). The teacher must have the
+    student's hidden size, and matched layers the same head count.
     """
 
     SECTION: typing.ClassVar[str] = "distill"
+    LAYER_MAPS: typing.ClassVar[tuple[str, ...]] = ("identity", "uniform", "dynamic")
 
     teacher: str | None = None  # hub id or local path of a fine-tuned model; null = no teacher
     alpha_ce: float = 0.5
     alpha_distil: float = 0.5
     temperature: float = 2.0
+    alpha_hidden: float = 0.0  # hidden-state MSE weight; 0 = off
+    alpha_attention: float = 0.0  # attention KL weight; 0 = off
+    layer_map: str = "identity"  # identity | uniform | dynamic
 
     def _check(self) -> None:
         _require(self.teacher is None or bool(self.teacher.strip()),
                  "distill.teacher must not be empty (use null for no teacher)")
-        for name in ("alpha_ce", "alpha_distil"):
+        _choice("distill.layer_map", self.layer_map, self.LAYER_MAPS)
+        for name in ("alpha_ce", "alpha_distil", "alpha_hidden", "alpha_attention"):
             value = getattr(self, name)
             _require(value >= 0, f"distill.{name} must be >= 0, got {value}")
         _require(self.alpha_ce + self.alpha_distil > 0,

@@ -43,7 +43,9 @@ import jax.numpy as jnp
 from mvp_jax import masking
 from mvp_jax import sharding as shd
 from mvp_jax.checkpoint import CheckpointManager
-from mvp_jax.distill import permute_classifier, teacher_label_permutation
+from mvp_jax.distill import (check_layer_distillation, permute_classifier,
+                             teacher_label_permutation)
+from mvp_jax.errors import UserError
 from mvp_jax.hooks import pause_for_test
 from mvp_jax.optim import make_optimizer
 from mvp_jax.rundir import (
@@ -149,6 +151,10 @@ def load_setup(cfg) -> Setup:
             raise RunError(f"teacher {cfg.distill.teacher!r} has {teacher.module.spec.vocab_size} "
                            f"tokens, the model {module.spec.vocab_size}: the teacher must read "
                            "the model's tokenizer")
+        try:  # before anything is written: the teacher fits the layer-wise terms
+            check_layer_distillation(module.spec, teacher.module.spec, cfg.distill)
+        except UserError as e:
+            raise RunError(f"teacher {cfg.distill.teacher!r}: {e}") from None
         perm = (teacher_label_permutation(teacher.config.id2label, spec.label_names)
                 if head == "classification" else None)
         if perm is not None:  # the teacher's outputs in the task's label order

@@ -47,8 +47,9 @@ import optax
 from mvp_jax import masking, methods, schedules, structured, tree
 from mvp_jax import sharding as shd
 from mvp_jax.binarizers import keep_count, kth_largest, straight_through
-from mvp_jax.distill import distillation_loss
+from mvp_jax.distill import check_layer_distillation, distillation_loss, layer_distillation
 from mvp_jax.errors import UserError
+from mvp_jax.models.bert import attention_scores_of
 from mvp_jax.optim import Optimizer
 
 PyTree = Any
@@ -142,6 +143,18 @@ def cached_global_masks(method: methods.TopV, weights, scores, threshold, step, 
     return {p: (v >= value).astype(v.dtype) for p, v in selected.items()}, value
 
 
+def apply_with_layers(module, params, inputs, attention: bool, **kwargs):
+    """``(outputs, hidden states h^0..h^L, attention scores of layers 1..L or None)`` of
+    ``module.apply`` (scores sown into ``intermediates`` only when ``attention``)."""
+    variables = {"params": params}
+    if not attention:
+        out, hidden = module.apply(variables, *inputs, output_hidden_states=True, **kwargs)
+        return out, hidden, None
+    (out, hidden), sown = module.apply(variables, *inputs, output_hidden_states=True,
+                                       mutable=["intermediates"], **kwargs)
+    return out, hidden, attention_scores_of(sown["intermediates"])
+
+
 def model_heads(module) -> int | None:
     """The attention heads per layer of a ``mvp_jax.models`` BERT (None for other modules):
     what head granularity groups the Q, K, V columns by."""
@@ -156,7 +169,10 @@ def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_ste
     ``prune``: the ``prune`` config section (``config.PruneConfig``), its ``method`` a
     ``mvp_jax.methods`` name; the threshold follows its cubic schedule over ``total_steps``
     (warm-ups in units of ``warmup_steps``). ``distill``: the ``distill`` section (``alpha_ce``,
-    ``alpha_distil``, ``temperature``), used with a ``teacher``.
+    ``alpha_distil``, ``temperature``; layer-wise: ``alpha_hidden``, ``alpha_attention``,
+    ``layer_map``, ``mvp_jax.distill``), used with a ``teacher``. The loss is then
+    ``alpha_ce task + alpha_distil distil [+ alpha_hidden hidden] [+ alpha_attention attention]``;
+    a layer-wise term with weight 0 is not computed (nor logged): the step is the logits-only one.
     ``batch`` arrays have a leading micro-batch axis ``[accum, B, ...]``; the loss is the
     weighted mean over every real example of the step (``example_weight`` 0 marks padding).
     """
@@ -165,6 +181,14 @@ def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_ste
     selection = masking.selection_of(prune, num_heads)
     cached_topk = (prune.global_topk and prune.global_topk_frequency > 1
                    and isinstance(method, methods.TopV))
+    # layer-wise distillation terms in use: (metric name, weight), hidden before attention
+    layer_terms = () if teacher is None else tuple(
+        (name, float(getattr(distill, key, 0.0)))
+        for name, key in (("hidden_loss", "alpha_hidden"), ("attention_loss", "alpha_attention"))
+        if getattr(distill, key, 0.0) > 0)
+    if layer_terms:
+        check_layer_distillation(module.spec, teacher.spec, distill)
+    attention = any(name == "attention_loss" for name, _ in layer_terms)
 
     def micro_loss(trainable, frozen, micro, threshold, rng, denom, teacher_params, step_masks):
         merged = optimizer.merge(trainable, frozen)  # frozen leaves: constants, no gradient
@@ -179,20 +203,35 @@ def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_ste
                 step_masks = {p: _straight_through_to(flat_scores[p], m)
                               for p, m in step_masks.items()}
             masks = structured.to_weight_masks(step_masks, params)
-        outputs = module.apply({"params": masking.multiply_masks(params, masks)},
-                               *model_inputs(micro), deterministic=False,
-                               rngs={"dropout": dropout_rng})
+        masked = masking.multiply_masks(params, masks)
+        if layer_terms:
+            outputs, hidden, scores = apply_with_layers(
+                module, masked, model_inputs(micro), attention, deterministic=False,
+                rngs={"dropout": dropout_rng})
+        else:
+            outputs = module.apply({"params": masked}, *model_inputs(micro), deterministic=False,
+                                   rngs={"dropout": dropout_rng})
         w = micro["example_weight"]
         task = jnp.sum(per_example_task_loss(kind, outputs, micro) * w) / denom
-        loss, distil = task, jnp.float32(0.0)
+        loss, distil, parts = task, jnp.float32(0.0), ()
         if teacher is not None:
-            t_out = teacher.apply({"params": teacher_params}, *model_inputs(micro),
-                                  deterministic=True)
-            t_out = jax.lax.stop_gradient(t_out)
+            if layer_terms:
+                t_out, t_hidden, t_scores = jax.lax.stop_gradient(apply_with_layers(
+                    teacher, teacher_params, model_inputs(micro), attention, deterministic=True))
+            else:
+                t_out = teacher.apply({"params": teacher_params}, *model_inputs(micro),
+                                      deterministic=True)
+                t_out = jax.lax.stop_gradient(t_out)
             distil = jnp.sum(distillation_loss(kind, outputs, t_out, distill.temperature) * w) / denom
             loss = distill.alpha_ce * task + distill.alpha_distil * distil
+        if layer_terms:
+            per_example = layer_distillation(distill.layer_map, hidden, t_hidden,
+                                             micro["attention_mask"], w, scores, t_scores)
+            named = dict(zip(("hidden_loss", "attention_loss"), per_example))
+            parts = tuple(jnp.sum(named[name] * w) / denom for name, _ in layer_terms)
+            loss = loss + sum(alpha * part for (_, alpha), part in zip(layer_terms, parts))
         remaining = masking.remaining_fraction(masks) if method.per_micro_batch else jnp.float32(0.0)
-        return loss, (task, distil, remaining)
+        return loss, (task, distil, remaining, parts)
 
     def step_masks_of(state: TrainState, threshold):
         """Masks of the selection paths (weights, or heads / neurons) shared by every
@@ -226,18 +265,21 @@ def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_ste
         def body(carry, xs):
             grads, stats = carry
             micro, key = xs
-            g, (task, distil, remaining) = grad_fn(trainable, frozen, micro, threshold, key, denom,
-                                                   teacher_params, step_masks)
-            loss_parts = jnp.stack([task, distil, remaining / accum])
+            g, (task, distil, remaining, parts) = grad_fn(trainable, frozen, micro, threshold, key,
+                                                          denom, teacher_params, step_masks)
+            loss_parts = jnp.stack([task, distil, remaining / accum, *parts])
             return (jax.tree_util.tree_map(jnp.add, grads, g), stats + loss_parts), None
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, trainable)
         (grads, stats), _ = jax.lax.scan(
-            body, (zeros, jnp.zeros(3, jnp.float32)), (batch, jax.random.split(step_rng, accum)))
+            body, (zeros, jnp.zeros(3 + len(layer_terms), jnp.float32)),
+            (batch, jax.random.split(step_rng, accum)))
         task, distil = stats[0], stats[1]
         remaining = stats[2] if method.per_micro_batch else masking.remaining_fraction(
             structured.to_weight_masks(step_masks, state.params))
         loss = task if teacher is None else distill.alpha_ce * task + distill.alpha_distil * distil
+        for i, (_, alpha) in enumerate(layer_terms):
+            loss = loss + alpha * stats[3 + i]
         reg = jnp.float32(0.0)
         if method.regularization and prune.regularization:
             reg, reg_grad = jax.value_and_grad(method.penalty)(state.scores)
@@ -252,6 +294,7 @@ def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_ste
                    **optimizer.learning_rates(state.step)}
         if teacher is not None:
             metrics["distil_loss"] = distil
+        metrics.update({name: stats[3 + i] for i, (name, _) in enumerate(layer_terms)})
         state = state.replace(step=state.step + 1, params=new["params"], scores=new["scores"],
                               opt_state=opt_state, rng=jax.random.key_data(rng),
                               topk_value=topk_value)

@@ -188,10 +188,16 @@ class BertEmbeddings(nn.Module):
         return nn.Dropout(s.hidden_dropout_prob)(h, deterministic=deterministic)
 
 
-def self_attention(spec: BertSpec, dtype, heads: int, h, mask_bias, deterministic: bool,
-                   names=("query", "key", "value")):
+ATTENTION_SCORES = "attention_scores"  # the name sown into the "intermediates" collection
+
+
+def self_attention(module: nn.Module, spec: BertSpec, dtype, heads: int, h, mask_bias,
+                   deterministic: bool, names=("query", "key", "value")):
     """Multi-head self-attention before its output dense, ``[B, L, heads d]``; the Q, K, V
-    denses (``names``) belong to the calling compact module."""
+    denses (``names``) belong to the calling compact ``module``, which also sows the masked
+    attention scores ``Q K^T / sqrt(d) + b`` (float32 ``[B, heads, L, L]``, before softmax and
+    dropout) as ``intermediates/.../attention_scores`` when that collection is mutable
+    (``attention_scores_of``); otherwise nothing is stored and the computation is unchanged."""
     d = spec.head_size
 
     def project(name):
@@ -200,10 +206,24 @@ def self_attention(spec: BertSpec, dtype, heads: int, h, mask_bias, deterministi
 
     q, k, v = (project(name) for name in names)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q / jnp.sqrt(d).astype(dtype), k)
-    probs = jax.nn.softmax(logits.astype(jnp.float32) + mask_bias, axis=-1).astype(dtype)
+    scores = logits.astype(jnp.float32) + mask_bias
+    module.sow("intermediates", ATTENTION_SCORES, scores)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     probs = nn.Dropout(spec.attention_probs_dropout_prob)(probs, deterministic=deterministic)
     out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
     return out.reshape(out.shape[:2] + (heads * d,))
+
+
+def attention_scores_of(intermediates) -> tuple[jax.Array, ...]:
+    """The sown attention scores ``[B, heads, L, L]`` of every layer, in layer order, from the
+    ``intermediates`` collection of ``module.apply(..., mutable=["intermediates"])`` (any
+    architecture: the layer index is the path entry after ``layer``). ``softmax`` over the last
+    axis gives the attention distributions; masked keys carry ``finfo.min``."""
+    found = {}
+    for path, value in traverse_util.flatten_dict(dict(intermediates)).items():
+        if path[-1] == ATTENTION_SCORES:
+            found[int(path[path.index("layer") + 1])] = value[0]
+    return tuple(found[i] for i in sorted(found))
 
 
 class BertSelfAttention(nn.Module):
@@ -214,7 +234,7 @@ class BertSelfAttention(nn.Module):
     @nn.compact
     def __call__(self, h, mask_bias, deterministic: bool):
         heads = self.spec.num_attention_heads if self.num_heads is None else self.num_heads
-        return self_attention(self.spec, self.dtype, heads, h, mask_bias, deterministic)
+        return self_attention(self, self.spec, self.dtype, heads, h, mask_bias, deterministic)
 
 
 class BertAttention(nn.Module):
@@ -347,8 +367,9 @@ class Bert(nn.Module):
 
     Call: ``module.apply({"params": p}, input_ids, attention_mask=None, token_type_ids=None,
     deterministic=True, rngs={"dropout": key})``; with ``output_hidden_states=True`` the result
-    is ``(outputs, all_hidden_states)``. Other architectures subclass it and override the
-    ``encoder`` / ``classify`` / ``qa`` hooks.
+    is ``(outputs, all_hidden_states)``; with ``mutable=["intermediates"]`` apply also returns
+    each layer's sown attention scores (``attention_scores_of``). Other architectures subclass
+    it and override the ``encoder`` / ``classify`` / ``qa`` hooks.
     """
 
     spec: BertSpec
@@ -425,6 +446,7 @@ __all__ = [
     "BertSpec",
     "HEADS",
     "attention_bias",
+    "attention_scores_of",
     "init_params",
     "param_shapes",
 ]

@@ -30,7 +30,7 @@ class MultiHeadSelfAttention(nn.Module):
     def __call__(self, h, mask_bias, deterministic: bool):
         s = self.spec
         heads = s.num_attention_heads if self.num_heads is None else self.num_heads
-        x = self_attention(s, self.dtype, heads, h, mask_bias, deterministic,
+        x = self_attention(self, s, self.dtype, heads, h, mask_bias, deterministic,
                            ("q_lin", "k_lin", "v_lin"))
         return _dense(s, s.hidden_size, self.dtype, "out_lin")(x)
 
