@@ -1,6 +1,7 @@
 """GLUE data pipeline, batching and metrics (mvp_jax.data)."""
 
 import csv
+import re
 from pathlib import Path
 
 import datasets
@@ -40,7 +41,7 @@ def test_registry_has_every_task():
 
 
 def test_unknown_task_error():
-    with pytest.raises(D.DataError) as e:
+    with pytest.raises(D.DataError, match=r"^unknown task 'sst3'\. Did you mean 'sst2'\?") as e:
         D.get_task("sst3")
     msg = str(e.value)
     assert "'sst3'" in msg and "Did you mean 'sst2'" in msg and "mnli" in msg and "squad" in msg
@@ -50,7 +51,7 @@ def test_unknown_task_error():
 
 
 def test_missing_file_error(tmp_path, tok):
-    with pytest.raises(D.DataError) as e:
+    with pytest.raises(D.DataError, match=re.escape(str(tmp_path / "train.tsv"))) as e:
         D.load_task("rte", tok, data_dir=tmp_path)
     assert str(tmp_path / "train.tsv") in str(e.value)
     with pytest.raises(D.DataError, match="dev_mismatched.tsv"):
@@ -348,7 +349,7 @@ def test_batches_order_per_epoch_and_resume():
         for a, b in zip(full[start:], resumed):
             for k in a:
                 np.testing.assert_array_equal(a[k], b[k])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"^start=9 outside 0\.\.{len(full)} batches$"):
         list(D.batches(arrays, 7, start=9))
     with pytest.raises(ValueError, match="differ in length"):
         list(D.batches({"a": np.zeros(3), "b": np.zeros(4)}, 2))

@@ -106,7 +106,7 @@ def test_parity_tiny(ckpts, head):
     out, hidden = p.module.apply({"params": p.params}, ids, mask, types, output_hidden_states=True)
     ref = torch_outputs(tmodel, ids, mask, types)
     assert len(hidden) == len(ref.hidden_states) == 3
-    for a, b in zip(hidden, ref.hidden_states):  # padded positions agree too
+    for a, b in zip(hidden, ref.hidden_states, strict=True):  # padded positions agree too
         assert _max_diff(a, b.numpy()) <= TOL
     if head == "classification":
         assert out.shape == (3, 3) and _max_diff(out, ref.logits.numpy()) <= TOL
@@ -139,7 +139,8 @@ def test_parity_minilm_embedded(caplog):
                                     output_hidden_states=True)
     ref = torch_outputs(tmodel, ids, mask, types)
     real = mask.astype(bool)  # padded positions drift up to ~1e-4 through 6 layers: not compared
-    for a, b in zip(hidden, ref.hidden_states):
+    assert len(hidden) == len(ref.hidden_states) == 7  # the embeddings and each of the 6 layers
+    for a, b in zip(hidden, ref.hidden_states, strict=True):
         assert _max_diff(np.asarray(a)[real], b.numpy()[real]) <= TOL
     assert _max_diff(logits, ref.logits.numpy()) <= TOL
 
@@ -204,8 +205,10 @@ def test_flax_bert_model_msgpack_without_prefix(ckpts, tmp_path):
         bert = jax.tree_util.tree_map(np.asarray, ref.params["bert"])
         f.write(serialization.msgpack_serialize(bert))
     got = load_pretrained(d)
+    assert jax.tree_util.tree_structure(got.params) == jax.tree_util.tree_structure(ref.params)
     assert all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(ref.params),
-                                                     jax.tree_util.tree_leaves(got.params)))
+                                                     jax.tree_util.tree_leaves(got.params),
+                                                     strict=True))
 
 
 def test_heads_across_checkpoints(ckpts, caplog):

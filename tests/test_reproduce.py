@@ -141,7 +141,7 @@ def test_export_count_mismatch_is_an_error(rp, tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_variant_names_and_aliases(rp):
+def test_variant_names_and_aliases(rp, capsys):
     assert rp.variant_name("topk") == "movement_paper"
     assert rp.variant_name("sigmoied_threshold") == "soft_movement"
     assert rp.variant_name("movement") == "movement" and rp.variant_name("random") == "random"
@@ -149,10 +149,19 @@ def test_variant_names_and_aliases(rp):
         rp.variant_name("movment")
     args = rp.resolve_args(["--preset", "cpu-lab", "--methods", "topk,movement,l0"])
     assert args.methods == ["movement_paper", "movement", "l0"]
-    with pytest.raises(SystemExit):
+    capsys.readouterr()
+    # fail(): SystemExit(2) (str "2": the exception carries only the exit status), its one-line
+    # message on stderr
+    with pytest.raises(SystemExit, match="^2$"):
         rp.resolve_args(["--preset", "cpu-lab", "--methods", "movment"])
-    with pytest.raises(SystemExit):  # the lab recipes are SST-2's
+    err = capsys.readouterr().err
+    assert err.startswith("reproduce.py: error: unknown method or variant 'movment'; choose from ")
+    assert err.count("\n") == 1
+    with pytest.raises(SystemExit, match="^2$"):  # the lab recipes are SST-2's
         rp.resolve_args(["--preset", "cpu-lab", "--tasks", "sst2,squad_dev_split"])
+    assert capsys.readouterr().err == ("reproduce.py: error: --recipes lab (presets cpu-lab, "
+                                       "paper-grid) runs the SST-2 lab recipes: --tasks sst2 "
+                                       "only, got sst2,squad_dev_split\n")
     # run directories: the paper's four keep their method-named directories
     assert rp.run_name("movement_paper", False, 0.03, 42) == "topk_nokd_t0.03_s42"
     assert rp.run_name("topk", False, 0.03, 42) == "topk_nokd_t0.03_s42"

@@ -141,9 +141,10 @@ def reference(name):
 
 
 def assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
+    # same structure first: a dropped, extra or renamed leaf fails here, not by a zip cut short
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    assert len(la) == len(lb)
-    for x, y in zip(la, lb):
+    for x, y in zip(la, lb, strict=True):
         np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
 
 
@@ -223,8 +224,10 @@ def test_one_device_mesh_is_exactly_plain_jit():
     sharded = jit_train_step(step, mesh, state, BATCH, compiler_options=FAST)
     s1 = sharding.place(state, sharding.tree_shardings(state, mesh))
     mesh_state, mesh_m = sharded(s1, sharding.put_batch(batch, sharding.batch_sharding(mesh, BATCH, True)), None)
-    for x, y in zip(jax.tree_util.tree_leaves(host((plain_state, plain_m))),
-                    jax.tree_util.tree_leaves(host((mesh_state, mesh_m)))):
+    plain, meshed = host((plain_state, plain_m)), host((mesh_state, mesh_m))
+    assert jax.tree_util.tree_structure(meshed) == jax.tree_util.tree_structure(plain)
+    for x, y in zip(jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(meshed),
+                    strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -256,7 +259,8 @@ def test_cached_global_topk_value_sharded():
     masks between recomputes are ``scores >= value``; sharded 4x2 = one device."""
     one = run_steps("topk_global", (1, 1), n_steps=3, global_topk_frequency=2)
     got = run_steps("topk_global", (4, 2), n_steps=3, global_topk_frequency=2)
-    for a, b in zip(one["metrics"], got["metrics"]):
+    assert len(one["metrics"]) == len(got["metrics"]) == len(one["before"]) == 3
+    for a, b in zip(one["metrics"], got["metrics"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-5)
         assert a["remaining_weights"] == pytest.approx(b["remaining_weights"], abs=1e-6)
         assert a["topk_value"] == pytest.approx(b["topk_value"], rel=1e-5)
@@ -266,7 +270,7 @@ def test_cached_global_topk_value_sharded():
 
     pruning = one["pruning"]
     values = []
-    for i, (before, m) in enumerate(zip(one["before"], one["metrics"])):
+    for i, (before, m) in enumerate(zip(one["before"], one["metrics"], strict=True)):
         sel = selected(pruning, before["params"], before["scores"])
         flat = np.concatenate([np.ravel(v) for v in sel.values()])
         if i % 2 == 0:  # recomputed: the exact k-th largest score of this step

@@ -52,7 +52,7 @@ class FakeRun:
         (d / "checkpoints" / "2").mkdir(parents=True, exist_ok=True)
         (d / "checkpoints" / "2" / "state").write_text(f"state of lambda {lam}")
         if len(self.calls) == self.stop_at:
-            raise Stop()
+            raise Stop(f"stopped in trial {self.stop_at} (lambda {lam})")
         kept, total = round(self.curve(lam) * 10000), 10000
         (d / "export").mkdir(exist_ok=True)
         (d / "export" / "model.safetensors").write_text(f"weights of lambda {lam}")
@@ -74,7 +74,7 @@ def test_an_interrupted_search_resumes_and_a_rerun_runs_nothing(tmp_path):
     cfg = load_config(None, SOFT)
     out = tmp_path / "search"
     first = FakeRun(stop_at=2)
-    with pytest.raises(Stop):
+    with pytest.raises(Stop, match=r"^stopped in trial 2 \(lambda "):
         fine_prune_to_target(cfg, str(out), 0.1, max_trials=6, run=first, log=lambda m: None)
     (lam1, name1, _), (lam2, name2, _) = first.calls
     assert lam1 == 0.4 and name1 == "lambda-0.4"  # the config's final_lambda first
