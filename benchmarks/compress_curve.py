@@ -10,8 +10,9 @@ speed-up target, from the committed ``compress.json`` files under ``results/comp
 ``config.yaml``, ``eval_results.json``, ``counts.json``, ``metrics.jsonl``) to
 ``results/compress/<task>/<target>x/`` (the student) and ``results/compress/<task>/teacher/``.
 The README's table lies between the markers ``<!-- compress-curve:start -->`` and
-``<!-- compress-curve:end -->`` and is written only by this script (tests/test_compress_curve.py
-checks that it equals what the files give).
+``<!-- compress-curve:end -->``, BENCHMARKS.md's between ``<!-- compress-detail:start -->`` and
+``<!-- compress-detail:end -->``; only this script writes them (tests/test_compress.py checks
+that they equal what the files give).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "compress"
 README = ROOT / "README.md"
+BENCHMARKS = ROOT / "BENCHMARKS.md"
 FIGURE = ROOT / "docs" / "figures" / "compress_curve.png"
 START, END = "<!-- compress-curve:start -->", "<!-- compress-curve:end -->"
 SMALL_FILES = ("compress.json", "config.yaml", "eval_results.json", "counts.json",
@@ -97,12 +99,41 @@ def table(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def replace_between_markers(text: str, body: str) -> str:
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} markers")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{START}\n{body}\n{END}{tail}"
+def detail_table(reports: list[dict]) -> str:
+    """BENCHMARKS.md's table: every export of every point, examples/s and speed-ups."""
+    head = ("| task | target | export | dev | batch 32: ex/s | speed-up | batch 1: ex/s | "
+            "speed-up | model.onnx MB | delivered |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in reports:
+        for name in ("dense", "float32", "int8"):
+            m = r["models"][name]
+            cells = [r["task"], f"{r['target_speedup']:g}x (b{r['batch_size']})",
+                     "dense float32" if name == "dense" else f"compact {name}",
+                     f"{m['score']:.1f}"]
+            for b in ("32", "1"):
+                cells += [f"{m['examples_per_s'][b]:.0f}", f"{m['speedup'][b]:.2f}x"]
+            cells += [f"{m['size_mb']:.1f}", "yes" if r.get("chosen") == name else ""]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def replace_between_markers(text: str, body: str, start: str = START, end: str = END) -> str:
+    if start not in text or end not in text:
+        raise SystemExit(f"no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+DETAIL_START = "<!-- compress-detail:start -->"
+DETAIL_END = "<!-- compress-detail:end -->"
+
+
+def documents(reports: list[dict]) -> dict[Path, str]:
+    """README.md and BENCHMARKS.md with their tables written from ``reports``."""
+    return {README: replace_between_markers(README.read_text(), table(reports)),
+            BENCHMARKS: replace_between_markers(BENCHMARKS.read_text(), detail_table(reports),
+                                                DETAIL_START, DETAIL_END)}
 
 
 def plot(reports: list[dict], path: Path) -> None:
@@ -154,15 +185,16 @@ def main(argv=None) -> int:
     reports = points()
     if not reports:
         raise SystemExit(f"no compress.json under {RESULTS}")
-    text = README.read_text()
-    new = replace_between_markers(text, table(reports))
+    docs = documents(reports)
+    stale = [p.name for p, text in docs.items() if p.read_text() != text]
     if args.check:
-        if new != text:
-            print("README.md's compress table differs from results/compress; run "
+        if stale:
+            print(f"{', '.join(stale)}: the compress tables differ from results/compress; run "
                   "python benchmarks/compress_curve.py", file=sys.stderr)
             return 1
         return 0
-    README.write_text(new)
+    for path, text in docs.items():
+        path.write_text(text)
     if not args.no_plot:
         plot(reports, FIGURE)
     print(table(reports))
