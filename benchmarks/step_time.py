@@ -44,9 +44,9 @@ import numpy as np
 
 from mvp_jax import masking
 from mvp_jax import sharding as shd
+from mvp_jax.config import PruneConfig
 from mvp_jax.models import build_module, init_params
 from mvp_jax.optim import make_optimizer
-from mvp_jax.config import PruneConfig
 from mvp_jax.train import init_state, jit_train_step, make_train_step
 
 TOTAL_STEPS = 10_000  # the schedule's length; timing starts half-way (v about 0.26)

@@ -24,8 +24,8 @@ from mvp_jax.masking import kth_largest
 def bert_base_scores(key, layers=12, hidden=768, ffn=3072):
     shapes = [(hidden, hidden)] * 4 + [(hidden, ffn), (ffn, hidden)]
     keys = jax.random.split(key, layers * len(shapes))
-    return {f"l{l}_m{i}": jax.random.normal(keys[l * len(shapes) + i], s, jnp.float32)
-            for l in range(layers) for i, s in enumerate(shapes)}
+    return {f"l{j}_m{i}": jax.random.normal(keys[j * len(shapes) + i], s, jnp.float32)
+            for j in range(layers) for i, s in enumerate(shapes)}
 
 
 def timed(fn, *args, repeats):

@@ -36,9 +36,9 @@ def jax_step(variant: str, seq: int, batch: int, dtype: str):
     import numpy as np
 
     from mvp_jax import masking, sharding
+    from mvp_jax.config import PruneConfig
     from mvp_jax.models import load_pretrained
     from mvp_jax.optim import make_optimizer
-    from mvp_jax.config import PruneConfig
     from mvp_jax.train import init_state, jit_train_step, make_train_step
 
     pre = load_pretrained("minilm-l6", head="classification", num_labels=2,
@@ -81,10 +81,10 @@ def jax_step(variant: str, seq: int, batch: int, dtype: str):
 
 def torch_step(variant: str, seq: int, batch: int):
     import torch
+    import torch_reference as ref
     from torch import nn
     from transformers import BertForSequenceClassification
 
-    import torch_reference as ref
     from mvp_jax.models import resolve_model_path
 
     torch.manual_seed(0)

@@ -61,8 +61,8 @@ def next_lambda(trials: Iterable[tuple[float, float]], target: float, default: f
       smallest (all too little) along the slope of the two trials nearest the target (-1
       until two differ; its size clipped to [0.3, 10]), by at most ``max_factor`` in lambda.
     """
-    trials = [(float(l), float(r)) for l, r in trials]
-    pts = sorted((math.log(l), _logit(r)) for l, r in trials)
+    trials = [(float(lam), float(r)) for lam, r in trials]
+    pts = sorted((math.log(lam), _logit(r)) for lam, r in trials)
     if not pts:
         return default
     y = _logit(target)
@@ -119,8 +119,8 @@ def calibrate_lambda(run: Callable[[float], float], target: float, start: float,
         raise ValueError(f"a lambda search needs at least one trial, got max_trials={max_trials}")
     if start <= 0:
         raise ValueError(f"the first lambda must be positive, got {start!r}")
-    mine = [Trial(float(l), float(r)) for l, r in history]
-    others = [Trial(float(l), float(r)) for l, r in hints]
+    mine = [Trial(float(lam), float(r)) for lam, r in history]
+    others = [Trial(float(lam), float(r)) for lam, r in hints]
     done: list[Trial] = []
     for _ in range(max_trials):
         if mine and on_target(closest(mine, target).remaining, target, tolerance):

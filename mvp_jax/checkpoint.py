@@ -28,8 +28,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mvp_jax.errors import MissingFileError
-from mvp_jax.models.loading import CheckpointError
 from mvp_jax.hooks import pause_for_test
+from mvp_jax.models.loading import CheckpointError
 
 _INCOMPLETE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 

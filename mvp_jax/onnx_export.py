@@ -149,7 +149,10 @@ def _ffn(g: _Graph, x: str, flat: dict, layer: str, layout, act: str) -> str:
 
 def _embeddings(g: _Graph, flat: dict, prefix: str, spec, token_types: bool) -> str:
     emb = f"{prefix}/embeddings"
-    table = lambda name: g.const(flat[f"{emb}/{name}/embedding"], f"{emb}/{name}/embedding")
+
+    def table(name):
+        return g.const(flat[f"{emb}/{name}/embedding"], f"{emb}/{name}/embedding")
+
     h = g.op("Gather", table("word_embeddings"), "input_ids")
     if spec.position_offset is None:  # 0 .. S-1
         length = g.op("Gather", g.op("Shape", "input_ids"), g.const(1, dtype=np.int64), axis=0)

@@ -43,10 +43,11 @@ import jax.numpy as jnp
 from mvp_jax import masking
 from mvp_jax import sharding as shd
 from mvp_jax.checkpoint import CheckpointManager
-from mvp_jax.distill import (check_layer_distillation, permute_classifier,
-                             teacher_label_permutation)
+from mvp_jax.distill import check_layer_distillation, permute_classifier, teacher_label_permutation
 from mvp_jax.errors import UserError
+from mvp_jax.evaluation import evaluate_splits, jit_eval_step, make_eval_step
 from mvp_jax.hooks import pause_for_test
+from mvp_jax.methods import learns_scores
 from mvp_jax.optim import make_optimizer
 from mvp_jax.rundir import (
     RunError,
@@ -56,8 +57,6 @@ from mvp_jax.rundir import (
     write_json,
     write_text,
 )
-from mvp_jax.evaluation import evaluate_splits, jit_eval_step, make_eval_step
-from mvp_jax.methods import learns_scores
 from mvp_jax.train import init_state, jit_train_step, make_train_step, model_heads
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -110,8 +109,8 @@ def load_setup(cfg) -> Setup:
     classification data the class names read from the training split are stored in
     ``setup.cfg.task.labels``, so the run's config.yaml keeps them."""
     from mvp_jax import data
-    from mvp_jax.models import load_config as load_model_config
     from mvp_jax.models import layout_of, load_pretrained, load_tokenizer, resolve_model_path
+    from mvp_jax.models import load_config as load_model_config
 
     spec = data.task_from_config(cfg.task)
     if spec.source is not None and spec.label_names and cfg.task.labels is None:

@@ -13,9 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 from test_architectures import tiny_config
-from test_own_data import WORDS, fine_prune_args, one_error_line, pipeline_outputs, reviews, \
-    run_cli, write
-
+from test_own_data import (
+    WORDS,
+    fine_prune_args,
+    one_error_line,
+    pipeline_outputs,
+    reviews,
+    run_cli,
+    write,
+)
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "paper" / "mnli" / "hybrid.yaml"
 

@@ -8,8 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from mvp_jax.data import (batch_plan, batches, bucket_length, epoch_permutation, resolve_buckets,
-                          sequence_lengths)
+from mvp_jax.data import (
+    batch_plan,
+    batches,
+    bucket_length,
+    epoch_permutation,
+    resolve_buckets,
+    sequence_lengths,
+)
 
 BUCKETS = (8, 16, 32)
 
@@ -131,9 +137,9 @@ def test_resolve_buckets_errors_name_the_key():
 
 def test_bucketed_predict_matches_fixed_length_on_minilm(shared_data, tok):
     from mvp_jax import data
-    from mvp_jax.models import load_pretrained
     from mvp_jax.config import PruneConfig
     from mvp_jax.evaluation import EvalStep, make_eval_step, predict
+    from mvp_jax.models import load_pretrained
 
     pre = load_pretrained("minilm-l6", head="classification", num_labels=2)
     task = data.load_task("sst2", tok, data_dir=shared_data / "glue" / "SST-2", max_seq_length=32,
@@ -301,9 +307,9 @@ def _tiny_step(rng_impl, mesh_shape):
     from transformers import BertConfig
 
     from mvp_jax import sharding
+    from mvp_jax.config import PruneConfig
     from mvp_jax.models import build_module, init_params
     from mvp_jax.optim import make_optimizer
-    from mvp_jax.config import PruneConfig
     from mvp_jax.train import init_state, jit_train_step, make_train_step
 
     module = build_module(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,

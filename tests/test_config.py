@@ -13,9 +13,18 @@ import yaml
 
 from mvp_jax import config as C
 from mvp_jax import methods, task_names
-from mvp_jax.config import (Config, ConfigError, PruneConfig, TrainConfig, apply_overrides,
-                            config_from_dict, config_to_dict, dump_config, load_config,
-                            save_config)
+from mvp_jax.config import (
+    Config,
+    ConfigError,
+    PruneConfig,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+    save_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -10,8 +10,13 @@ import optax
 import pytest
 
 from mvp_jax import masking, regularizers
-from mvp_jax.optim import (bias_correction, linear_warmup_decay, make_optimizer, param_labels,
-                           reference_adamw)
+from mvp_jax.optim import (
+    bias_correction,
+    linear_warmup_decay,
+    make_optimizer,
+    param_labels,
+    reference_adamw,
+)
 from mvp_jax.schedules import regularization_lambda, threshold_schedule
 
 SCHED = dict(total_steps=1000, warmup_steps=100, initial_threshold=1.0, final_threshold=0.15,
@@ -51,7 +56,10 @@ def test_threshold_schedule_landmarks_and_lambda():
 
 def test_l1_regularizer_is_mean_of_per_matrix_means():
     s = {"a": jnp.array([[0.0, 1.0]]), "b": jnp.array([-2.0, 3.0, 0.5])}
-    sig = lambda v: 1 / (1 + np.exp(-np.asarray(v)))
+
+    def sig(v):
+        return 1 / (1 + np.exp(-np.asarray(v)))
+
     expected = (sig(s["a"]).mean() + sig(s["b"]).mean()) / 2
     assert float(regularizers.l1_sigmoid(s)) == pytest.approx(expected, rel=1e-6)
 

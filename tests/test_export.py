@@ -13,10 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from _helpers_models import make_hf_checkpoint, padded_batch
-from mvp_jax import export
-from mvp_jax import tree
+
+from mvp_jax import export, tree
 from mvp_jax.compressed import (
     CompressedFormatError,
     compression_report,
@@ -25,8 +24,8 @@ from mvp_jax.compressed import (
 )
 from mvp_jax.export import ExportError, count_remaining, export_hf, format_counts
 from mvp_jax.masking import apply_masks, init_scores, prunable_paths
-from mvp_jax.models.layout import PRUNABLE as DEFAULT_PRUNABLE
 from mvp_jax.models import load_pretrained
+from mvp_jax.models.layout import PRUNABLE as DEFAULT_PRUNABLE
 
 torch = pytest.importorskip("torch")
 TOL = 1e-5

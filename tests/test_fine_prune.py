@@ -103,14 +103,14 @@ def check_run(d, results, method, shared_data, shape):
         assert (d / name).exists(), name
     saved = json.loads((d / "eval_results.json").read_text())
     assert saved["step"] == 4 and saved["method"] == method
-    lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines if "loss" in l] == [1, 2, 3, 4]
-    assert all(np.isfinite(l["loss"]) for l in lines if "loss" in l)
+    lines = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3, 4]
+    assert all(np.isfinite(line["loss"]) for line in lines if "loss" in line)
     # the first step's time (with compilation) is logged once, apart from the throughput
-    train_lines = [l for l in lines if "loss" in l]
+    train_lines = [line for line in lines if "loss" in line]
     assert train_lines[0]["first_step_s"] > 0
-    assert not any("first_step_s" in l for l in train_lines[1:])
-    assert all(l["examples_per_s"] > 0 for l in train_lines)
+    assert not any("first_step_s" in line for line in train_lines[1:])
+    assert all(line["examples_per_s"] > 0 for line in train_lines)
 
     # transformers' PyTorch BERT on the exported directory reproduces the accuracy
     acc, near_ties, model = torch_accuracy(d / "export", shared_data)

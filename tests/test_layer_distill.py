@@ -14,8 +14,15 @@ import torch
 from _helpers_models import tiny_config
 
 from mvp_jax.config import ConfigError, DistillConfig, PruneConfig, load_config
-from mvp_jax.distill import (LAYER_MAPS, attention_kl, check_layer_distillation, dynamic_map,
-                             hidden_mse, layer_distillation, uniform_map)
+from mvp_jax.distill import (
+    LAYER_MAPS,
+    attention_kl,
+    check_layer_distillation,
+    dynamic_map,
+    hidden_mse,
+    layer_distillation,
+    uniform_map,
+)
 from mvp_jax.errors import UserError
 from mvp_jax.models import build_module, load_pretrained
 from mvp_jax.models.bert import attention_scores_of

@@ -4,12 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mvp_jax import binarizers
+from mvp_jax import binarizers, tree
 from mvp_jax import masking as m
-from mvp_jax import tree
 
 KEY = jax.random.PRNGKey(0)
 
@@ -209,7 +209,10 @@ def test_hard_concrete_train_needs_key_and_varies():
 
 def bert_like_params():
     k = iter(jax.random.split(KEY, 32))
-    dense = lambda i, o: {"kernel": jax.random.normal(next(k), (i, o)), "bias": jnp.zeros(o)}
+
+    def dense(i, o):
+        return {"kernel": jax.random.normal(next(k), (i, o)), "bias": jnp.zeros(o)}
+
     layer = {
         "attention": {
             "self": {"query": dense(8, 8), "key": dense(8, 8), "value": dense(8, 8)},

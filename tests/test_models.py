@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers_models import make_hf_checkpoint, padded_batch, tiny_config, torch_outputs
 from flax import serialization, traverse_util
 
-from _helpers_models import make_hf_checkpoint, padded_batch, tiny_config, torch_outputs
 from mvp_jax.models import (
     CheckpointError,
     build_module,

@@ -11,12 +11,12 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import onnx  # the test extra installs the onnx extra: these tests never skip
+import onnxruntime as ort
 import pytest
 from _helpers_models import tiny_config
 from test_own_data import fine_prune_args, one_error_line, reviews, run_cli, write
 
-import onnx  # the test extra installs the onnx extra: these tests never skip
-import onnxruntime as ort
 from mvp_jax.compact import compact_params, layer_sizes
 from mvp_jax.masking import multiply_masks
 from mvp_jax.models import build_module
@@ -182,8 +182,8 @@ STEPS = 40  # enough for the tiny model to label the reviews with a margin
 @pytest.fixture(scope="module")
 def hybrid_run(tmp_path_factory, tiny_bert):
     """A short hybrid run on texts whose label follows their words (its compact/ and export/)."""
-    import io
     import contextlib
+    import io
 
     from mvp_jax.cli import main
 

@@ -46,10 +46,9 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from test_own_data import run_cli
-
-import onnx
 
 TOL = 1e-4
 LABELS = ("neg", "mid", "pos")

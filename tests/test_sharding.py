@@ -15,11 +15,11 @@ from jax.sharding import PartitionSpec as P
 from transformers import BertConfig
 
 from mvp_jax import binarizers, masking, sharding, tree
-from mvp_jax.models import build_module, init_params
-from mvp_jax.optim import make_optimizer
 from mvp_jax.config import PruneConfig
 from mvp_jax.evaluation import jit_eval_step, make_eval_step
 from mvp_jax.methods import get as get_method
+from mvp_jax.models import build_module, init_params
+from mvp_jax.optim import make_optimizer
 from mvp_jax.schedules import pruning_threshold
 from mvp_jax.train import init_state, jit_train_step, make_train_step
 

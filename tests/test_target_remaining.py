@@ -108,7 +108,7 @@ def test_an_interrupted_search_resumes_and_a_rerun_runs_nothing(tmp_path):
     assert record["status"] == "on_target" and record["chosen"]["lam"] == found.chosen.lam
     assert sorted(t["lam"] for t in record["trials"]) == sorted({lam1, *lambdas(second.calls)})
     table = found.table()
-    assert len(table) == 2 + len(found.trials) and sum(l.startswith("*") for l in table) == 1
+    assert len(table) == 2 + len(found.trials) and sum(row.startswith("*") for row in table) == 1
 
     # the same call again: nothing runs, nothing in DIR changes
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()

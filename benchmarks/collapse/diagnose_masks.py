@@ -18,8 +18,8 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import optax
+import orbax.checkpoint as ocp
 
 from mvp_jax import masking, tree
 from mvp_jax.config import load_config

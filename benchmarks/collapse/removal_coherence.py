@@ -6,9 +6,14 @@ For the 5% of each matrix that movement (the paper's scores), random and magnitu
 first, R = W * (1 - M): its Frobenius and spectral norms, the share of the top singular value,
 and its cosine with the fine-tuning displacement W - W0 (pruning moves W by -R).
 """
-import sys, numpy as np, orbax.checkpoint as ocp
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+
 from mvp_jax import masking, tree
 from mvp_jax.models import load_pretrained
+
 raw = ocp.StandardCheckpointer().restore(sys.argv[1])
 pre = load_pretrained("minilm-l6", head="classification", num_labels=2).params
 fw0, fw, fs = tree.flatten(pre), tree.flatten(raw["params"]), tree.flatten(raw["scores"])

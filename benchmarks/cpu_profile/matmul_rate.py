@@ -2,11 +2,18 @@
 
     python benchmarks/cpu_profile/matmul_rate.py
 """
-import time, statistics, jax, jax.numpy as jnp, torch
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import torch
+
+
 def t(f, *a, n=20):
     f(*a); ts=[]
     for _ in range(n):
-        s=time.perf_counter(); r=f(*a); 
+        s=time.perf_counter(); r=f(*a)
         if hasattr(r, "block_until_ready"): r.block_until_ready()
         ts.append(time.perf_counter()-s)
     return statistics.median(ts)

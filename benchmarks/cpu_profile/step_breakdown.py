@@ -1,11 +1,18 @@
 """Where a MiniLM train step's time goes on this CPU (batch 32 x seq L, one device)."""
-import sys, time, statistics
+import statistics
+import sys
+import time
+
 sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), ".."))
-import jax, jax.numpy as jnp, optax
+import jax
+import jax.numpy as jnp
+import optax
 from step_time import Variant, model_config, synthetic_batch
-from mvp_jax import masking, sharding as shd
-from mvp_jax.models import build_module, init_params
+
+from mvp_jax import masking
+from mvp_jax import sharding as shd
 from mvp_jax.config import PruneConfig
+from mvp_jax.models import build_module, init_params
 from mvp_jax.optim import make_optimizer
 
 B, L = 32, int(sys.argv[1]) if len(sys.argv) > 1 else 24

@@ -12,16 +12,37 @@ length-bucketed batching, and metrics.
     data = load_task(own, tokenizer)
 """
 
-from .batching import (SEQUENCE_KEYS, batch_plan, batches, bucket_length, epoch_permutation,
-                       num_batches, resolve_buckets, sequence_lengths, take_batch)
-from .custom import (custom_task, is_own_data, normalize_split, read_data_file, read_hub_split,
-                     task_from_config)
+from .batching import (
+    SEQUENCE_KEYS,
+    batch_plan,
+    batches,
+    bucket_length,
+    epoch_permutation,
+    num_batches,
+    resolve_buckets,
+    sequence_lengths,
+    take_batch,
+)
+from .custom import (
+    custom_task,
+    is_own_data,
+    normalize_split,
+    read_data_file,
+    read_hub_split,
+    task_from_config,
+)
 from .glue import read_glue_tsv, tokenize_glue
 from .loading import EvalSet, TaskData, find_local_file, load_raw, load_task
-from .metrics import (accuracy, binary_f1, evaluate, macro_f1, matthews_corrcoef, pearson,
-                      spearman)
-from .squad import (exact_match_score, f1_score, normalize_answer, postprocess_qa,
-                    read_squad_json, squad_features, squad_metrics)
+from .metrics import accuracy, binary_f1, evaluate, macro_f1, matthews_corrcoef, pearson, spearman
+from .squad import (
+    exact_match_score,
+    f1_score,
+    normalize_answer,
+    postprocess_qa,
+    read_squad_json,
+    squad_features,
+    squad_metrics,
+)
 from .tasks import TASKS, DataError, Source, TaskSpec, get_task
 
 __all__ = [

@@ -1,0 +1,17 @@
+"""Lint: ``ruff check .`` with the project's settings (pyproject.toml ``[tool.ruff]``: pyflakes,
+pycodestyle's errors and warnings, import order) finds nothing."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ruff_finds_nothing():
+    ruff = shutil.which("ruff") or [sys.executable, "-m", "ruff"]
+    command = [ruff] if isinstance(ruff, str) else ruff
+    done = subprocess.run([*command, "check", "--no-cache", "."], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
