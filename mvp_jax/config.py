@@ -33,6 +33,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from mvp_jax import methods, task_names
+from mvp_jax.choices import DTYPES, OPTIMIZERS, REGULARIZATIONS, RNG_IMPLS
+from mvp_jax.choices import SCORE_INITS as MASK_INITS
 from mvp_jax.errors import UserError
 
 __all__ = [
@@ -43,16 +45,8 @@ __all__ = [
 ]
 
 METHODS = methods.NAMES  # = masking.METHODS
-# The penalties the methods need, in registry order (= regularizers.REGULARIZATIONS, tested).
-REGULARIZATIONS = tuple(dict.fromkeys(
-    m.regularization for m in methods.REGISTRY.values() if m.regularization))
 GRANULARITIES = methods.GRANULARITIES  # what one mask entry removes
 TASK_KINDS = task_names.KINDS  # = data.custom.KINDS (tested)
-# Repeated from modules that import JAX, so that reading a config does not (tested equal).
-MASK_INITS = ("constant", "uniform", "kaiming", "magnitude")  # = masking.SCORE_INITS
-RNG_IMPLS = ("threefry", "rbg", "unsafe_rbg")  # = train.RNG_IMPLS
-OPTIMIZERS = ("reference_adamw", "adamw")  # = optim.OPTIMIZERS
-DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(UserError):

@@ -30,12 +30,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mvp_jax.choices import OPTIMIZERS
 from mvp_jax.errors import UserError
 from mvp_jax.tree import path_str
 
 NO_DECAY = (r"(^|/)bias$", r"LayerNorm/")
 FROZEN = (r"(^|/)embeddings/",)
-OPTIMIZERS = ("reference_adamw", "adamw")
 
 
 def linear_warmup_decay(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:

@@ -14,8 +14,6 @@ import jax.numpy as jnp
 from mvp_jax.binarizers import L0_BETA, L0_LEFT, L0_RIGHT
 from mvp_jax.errors import UserError
 
-REGULARIZATIONS = ("l1", "l0")
-
 
 def _mean_over_matrices(fn, scores) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(scores)
@@ -40,5 +38,5 @@ def regularizer(name: str):
     """The penalty function called ``name`` (``l1`` or ``l0``)."""
     table = {"l1": l1_sigmoid, "l0": expected_l0}
     if name not in table:
-        raise UserError(f"unknown regularization {name!r}; choose one of {', '.join(REGULARIZATIONS)}")
+        raise UserError(f"unknown regularization {name!r}; choose one of {', '.join(table)}")
     return table[name]

@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mvp_jax import masking
+from mvp_jax import choices, masking
 from mvp_jax import sharding as shd
 from mvp_jax.checkpoint import CheckpointManager
 from mvp_jax.distill import check_layer_distillation, permute_classifier, teacher_label_permutation
@@ -59,7 +59,7 @@ from mvp_jax.rundir import (
 )
 from mvp_jax.train import init_state, jit_train_step, make_train_step, model_heads
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {name: getattr(jnp, name) for name in choices.DTYPES}  # model.dtype -> jnp dtype
 
 
 class Interrupted(Exception):

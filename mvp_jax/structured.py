@@ -50,14 +50,12 @@ from typing import Any, Iterable
 import jax
 import jax.numpy as jnp
 
+from mvp_jax.choices import SCORE_INITS, UNIT_SCORE_INITS
 from mvp_jax.errors import UserError
 from mvp_jax.methods import GRANULARITIES
 from mvp_jax.models.layout import LAYOUTS, layout_of_path
 from mvp_jax.models.layout import PRUNABLE as DEFAULT_PRUNABLE
 from mvp_jax.tree import flatten, unflatten
-
-SCORE_INITS = ("constant", "uniform", "kaiming", "magnitude")
-UNIT_SCORE_INITS = ("constant", "uniform", "magnitude")
 
 # unit kind -> (unit path below the layer, ((matrix type, axis indexing units), ...)); the
 # layout of the layer's architecture names each type's kernel

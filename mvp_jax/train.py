@@ -47,6 +47,7 @@ import optax
 from mvp_jax import masking, methods, schedules, structured, tree
 from mvp_jax import sharding as shd
 from mvp_jax.binarizers import keep_count, kth_largest, straight_through
+from mvp_jax.choices import RNG_IMPLS
 from mvp_jax.distill import check_layer_distillation, distillation_loss, layer_distillation
 from mvp_jax.errors import UserError
 from mvp_jax.models.bert import attention_scores_of
@@ -75,19 +76,20 @@ class TrainState:
 # train.rng_impl -> jax's PRNG implementation. threefry: the same bits on every backend and any
 # mesh (jax_threefry_partitionable); rbg / unsafe_rbg: XLA's RngBitGenerator, faster on TPU and
 # GPU but slower than threefry on the CPU (measured), bits depend on the backend and XLA version.
-RNG_IMPLS = {"threefry": "threefry2x32", "rbg": "rbg", "unsafe_rbg": "unsafe_rbg"}
+# train.rng_impl (mvp_jax.choices.RNG_IMPLS) -> jax.random's implementation name
+KEY_IMPLS = {name: {"threefry": "threefry2x32"}.get(name, name) for name in RNG_IMPLS}
 
 
 def prng_key(raw: jax.Array, impl: str = "threefry") -> jax.Array:
     """A typed key of ``impl`` (a ``RNG_IMPLS`` name) from raw uint32 key data."""
-    return jax.random.wrap_key_data(raw, impl=RNG_IMPLS[impl])
+    return jax.random.wrap_key_data(raw, impl=KEY_IMPLS[impl])
 
 
 def raw_key(seed: int, impl: str = "threefry") -> jax.Array:
     """Raw uint32 key data of ``impl`` for ``seed`` (threefry: ``jax.random.PRNGKey(seed)``)."""
     if impl not in RNG_IMPLS:
         raise UserError(f"unknown rng_impl {impl!r}; choices: {', '.join(RNG_IMPLS)}")
-    return jax.random.key_data(jax.random.key(seed, impl=RNG_IMPLS[impl]))
+    return jax.random.key_data(jax.random.key(seed, impl=KEY_IMPLS[impl]))
 
 
 # ----------------------------------------------------------------------------------------------
