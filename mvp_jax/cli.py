@@ -259,11 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _located(path: str, need_model: bool = True):
+    """``rundir.locate`` of a directory; None for a name (an embedded model or a hub id, which
+    the loaders resolve)."""
+    from mvp_jax.rundir import locate
+
+    return locate(path, need_model=need_model) if os.path.isdir(path) else None
+
+
 def _model_dir(path: str) -> str:
-    """A run directory stands for its export/ folder."""
-    if os.path.isfile(os.path.join(path, "eval_results.json")) and os.path.isdir(os.path.join(path, "export")):
-        return os.path.join(path, "export")
-    return path
+    """The model directory a path stands for (a run: its export/), or the name itself."""
+    found = _located(path)
+    return found.model_dir if found else path
 
 
 def _is_user_error(e: BaseException) -> bool:
@@ -350,12 +357,10 @@ def _evaluate_task(args, run_cfg):
 def cmd_evaluate(args) -> int:
     from mvp_jax.evaluation import evaluate_model_dir
 
-    run_cfg = None
-    if os.path.isfile(os.path.join(args.model, "config.yaml")):
-        from mvp_jax.config import load_config
-
-        run_cfg = load_config(os.path.join(args.model, "config.yaml"))
+    found = _located(args.model, need_model=False)
+    run_cfg = found.cfg if found else None
     task = _evaluate_task(args, run_cfg)
+    model_dir = _model_dir(args.model)
     max_eval = (args.max_eval_samples if args.max_eval_samples is not None
                 else run_cfg.data.max_eval_samples if run_cfg else None)
     layout = None
@@ -363,7 +368,7 @@ def cmd_evaluate(args) -> int:
         from mvp_jax.evaluation import EvalLayout
 
         layout = EvalLayout.of_run(run_cfg)
-    metrics = evaluate_model_dir(_model_dir(args.model), task, max_eval_samples=max_eval,
+    metrics = evaluate_model_dir(model_dir, task, max_eval_samples=max_eval,
                                  batch_size=64 if args.batch_size is None else args.batch_size,
                                  layout=layout)
     print(json.dumps(metrics, indent=2, default=float))
@@ -376,8 +381,12 @@ def cmd_export(args) -> int:
 
     options = dict(format=args.format, compact=args.compact, quantize=args.quantize,
                    overwrite=args.overwrite)
-    if not os.path.isfile(os.path.join(args.run, "config.yaml")) and os.path.isfile(
-            os.path.join(args.run, "config.json")):
+    found = None
+    if os.path.isdir(args.run):
+        from mvp_jax.rundir import locate
+
+        found = locate(args.run, need_model=False)
+    if found is not None and not found.is_run and found.model_dir == found.path:
         if args.compressed:
             raise UserError("--compressed applies to a run directory, not a model directory")
         report = export_model_dir(args.run, args.output_dir, **options)

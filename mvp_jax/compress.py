@@ -123,9 +123,15 @@ def check_destination(path: str, overwrite: bool) -> None:
 
 
 def config_hash(cfg) -> str:
-    from mvp_jax.config import dump_config
+    """A short hash of the keys of ``cfg`` that differ from their defaults: a run directory's
+    name, so that a later mvp-jax with new keys (at their defaults) still finds the run."""
+    from mvp_jax.config import Config, config_to_dict
 
-    return hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:10]
+    default = config_to_dict(Config())
+    changed = {s: {k: v for k, v in keys.items() if v != default[s][k]}
+               for s, keys in config_to_dict(cfg).items()}
+    text = json.dumps(changed, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def teacher_config(cfg):

@@ -30,9 +30,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from mvp_jax.errors import MissingFileError, UserError
+from mvp_jax.errors import UserError
 
-__all__ = ["Predictor", "PredictError", "OUTPUT_FORMATS", "resolve_model_dir", "load_predictor",
+__all__ = ["Predictor", "PredictError", "OUTPUT_FORMATS", "load_predictor",
            "predict_texts", "read_texts", "write_predictions", "run_predict", "default_buckets"]
 
 OUTPUT_FORMATS = (".jsonl", ".csv")
@@ -60,38 +60,10 @@ class Predictor:
     buckets: tuple[int, ...] | None = None
 
 
-def resolve_model_dir(path: str | os.PathLike) -> tuple[str, Any]:
-    """``(model directory, run config or None)`` for a model directory or a run directory.
-
-    A run stands for its ``export/`` (written when it finished); a run without one, a missing
-    path and a directory holding no model are ``MissingFileError``s that say what to do."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise MissingFileError(f"{path} does not exist")
-    if not os.path.isdir(path):
-        raise MissingFileError(f"{path} is a file; expected a model directory (with config.json) "
-                               f"or a run directory")
-    run_cfg = None
-    if os.path.isfile(os.path.join(path, "config.yaml")):
-        from mvp_jax.config import load_config
-
-        run_cfg = load_config(os.path.join(path, "config.yaml"))
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return path, run_cfg
-    export = os.path.join(path, "export")
-    if os.path.isfile(os.path.join(export, "config.json")):
-        return export, run_cfg
-    if run_cfg is not None:
-        raise MissingFileError(f"{path} is a run without an exported model (it has not "
-                               f"finished); export its latest checkpoint with: mvp-jax export "
-                               f"{path} --output-dir DIR, then predict with DIR")
-    raise MissingFileError(f"{path} holds no model: no config.json (a Hugging Face model "
-                           f"directory) and no export/ (a run directory)")
-
-
 def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None = None,
                    dtype=None) -> Predictor:
-    """Load a classification or regression model (see ``resolve_model_dir``) for ``predict_texts``.
+    """Load a classification or regression model (a model or run directory,
+    ``mvp_jax.rundir.locate``) for ``predict_texts``.
 
     ``max_seq_length``: texts are truncated to it; default the run's ``task.max_seq_length``,
     else the model's position embeddings (at most 512), so that texts are cut only where the
@@ -100,8 +72,10 @@ def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None =
 
     from mvp_jax.evaluation import model_kind
     from mvp_jax.models import load_config, load_pretrained, load_tokenizer
+    from mvp_jax.rundir import locate
 
-    model_dir, run_cfg = resolve_model_dir(model_or_run)
+    found = locate(model_or_run)
+    model_dir, run_cfg = found.model_dir, found.cfg
     kind = model_kind(model_dir)
     if kind == "qa":
         raise PredictError(f"{model_dir} is a question-answering model; predict labels texts "
@@ -345,7 +319,9 @@ def run_predict(model: str, *, texts: Sequence[str] | None = None, file: str | N
         if text_columns:
             raise PredictError("--text-column applies to --file")
         _check_texts(texts, "--text")
-    _, run_cfg = resolve_model_dir(model)  # the model itself is loaded after the inputs are read
+    from mvp_jax.rundir import locate
+
+    run_cfg = locate(model).cfg  # the model itself is loaded after the inputs are read
     if file is not None:
         columns = text_columns or run_text_columns(run_cfg)
         texts, pairs = read_texts(file, tuple(columns) if columns else None)

@@ -50,6 +50,50 @@ def write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+@dataclass(frozen=True)
+class Located:
+    """What a path the user named is: a run directory (``cfg`` is its ``config.yaml``) and/or a
+    model directory (``model_dir`` holds ``config.json``: the path itself, or a run's
+    ``export/``)."""
+
+    path: str
+    model_dir: str | None
+    cfg: Any = None  # the run's Config, None when the path is no run
+
+    @property
+    def is_run(self) -> bool:
+        return self.cfg is not None
+
+
+def locate(path: str | os.PathLike, *, need_model: bool = True) -> Located:
+    """The one resolver of run and model directories, for every command.
+
+    A directory with ``config.yaml`` is a run; a directory with ``config.json`` is a model
+    directory; a run stands for its ``export/`` when it has no ``config.json`` of its own. With
+    ``need_model``, a missing path, a file, a run without an exported model (not finished) and a
+    directory holding no model are ``MissingFileError``s that say what to do."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise MissingFileError(f"{path} does not exist")
+    if not os.path.isdir(path):
+        raise MissingFileError(f"{path} is a file; expected a model directory (with config.json) "
+                               f"or a run directory")
+    cfg = load_run_config(path) if os.path.isfile(os.path.join(path, "config.yaml")) else None
+    model_dir = None
+    if os.path.isfile(os.path.join(path, "config.json")):
+        model_dir = path
+    elif os.path.isfile(os.path.join(path, "export", "config.json")):
+        model_dir = os.path.join(path, "export")
+    if need_model and model_dir is None:
+        if cfg is not None:
+            raise MissingFileError(f"{path} is a run without an exported model (it has not "
+                                   f"finished); export its latest checkpoint with: mvp-jax "
+                                   f"export {path} --output-dir DIR, then use DIR")
+        raise MissingFileError(f"{path} holds no model: no config.json (a Hugging Face model "
+                               f"directory) and no export/ (a run directory)")
+    return Located(path, model_dir, cfg)
+
+
 def holds_run(output_dir: str) -> bool:
     return os.path.isdir(output_dir) and any(
         os.path.exists(os.path.join(output_dir, m)) for m in RUN_MARKERS)
