@@ -143,14 +143,15 @@ def teacher_config(cfg):
 
 def student_config(cfg, keep: float, teacher_model: str):
     """The recipe as hybrid movement pruning (local Top-v of heads and FFN neurons) to ``keep``
-    of each layer's units, distilled from ``teacher_model``. A recipe that is already hybrid
-    movement keeps its own pruning settings; another gets the lab's unit scores (magnitude, 2.0)."""
+    of each layer's units, distilled from ``teacher_model``. A recipe that already scores heads
+    and neurons keeps its unit scores' init; another gets the lab's (magnitude, 2.0)."""
     prune = cfg.prune
-    if not (prune.method == "topk" and prune.granularity == "hybrid"):
-        prune = prune.replace(method="topk", granularity="hybrid", mask_init="magnitude",
-                              mask_scale=2.0, regularization=None, final_lambda=0.0,
-                              patterns=None)
-    prune = prune.replace(final_threshold=float(keep), global_topk=False)
+    init = ({} if prune.granularity == "hybrid" and prune.mask_init != "kaiming"
+            else {"mask_init": "magnitude", "mask_scale": 2.0})
+    prune = prune.replace(method="topk", granularity="hybrid", initial_threshold=1.0,
+                          regularization=None,
+                          final_lambda=0.0, patterns=None, global_topk=False,
+                          final_threshold=float(keep), **init)
     weights = ({} if cfg.distill.teacher else DEFAULT_DISTILL)
     distill = cfg.distill.replace(teacher=os.path.abspath(teacher_model), **weights)
     return cfg.replace(prune=prune, distill=distill)

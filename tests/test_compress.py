@@ -347,3 +347,21 @@ def test_predict_file_of_a_builtin_task_run_reads_its_text_column(tiny_bert_clas
     write(tmp_path / "two.csv", [{"review": t, "id": 1} for t in texts])
     code, _, err = run_cli(capsys, "predict", run / "export", "--file", tmp_path / "two.csv")
     assert code == 2 and "no column 'text'" in one_error_line(err)
+
+
+@pytest.mark.parametrize("recipe", ["movement", "soft_movement", "l0", "dense", "hybrid_distilled"])
+def test_student_is_hybrid_movement_distilled_whatever_the_recipe(recipe):
+    from mvp_jax.compress import student_config, teacher_config
+    from mvp_jax.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "lab" / "sst2" / f"{recipe}.yaml")
+    s = student_config(cfg, 0.3, "/runs/teacher/export")
+    assert (s.prune.method, s.prune.granularity, s.prune.final_threshold) == ("topk", "hybrid", 0.3)
+    assert s.prune.initial_threshold == 1.0 and s.prune.regularization is None
+    assert s.prune.mask_init in ("magnitude", "constant", "uniform")
+    assert s.distill.teacher == "/runs/teacher/export"
+    assert (s.distill.alpha_ce, s.distill.alpha_distil) == (0.1, 0.9)
+    assert (s.train, s.task, s.model) == (cfg.train, cfg.task, cfg.model)
+    t = teacher_config(cfg)
+    assert t.prune.method == "none" and t.distill.teacher is None and t.train == cfg.train
