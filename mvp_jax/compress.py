@@ -41,6 +41,7 @@ import numpy as np
 
 from mvp_jax import latency
 from mvp_jax.errors import UserError
+from mvp_jax.rundir import write_json
 
 # the lab's distillation weights (configs/lab/sst2/hybrid_distilled.yaml), used when the recipe
 # names no teacher of its own
@@ -409,7 +410,7 @@ def compress(cfg, target: float, output_dir: str, *, batch_size: int = 32,
             f"points below); nothing was delivered; the runs are kept in {student_dir} and "
             f"{teacher_dir}")
         report["status"] = "missed_accuracy"
-        _write_json(os.path.join(student_dir, "compress.json"), report)
+        write_json(os.path.join(student_dir, "compress.json"), report)
         return Outcome("missed_accuracy", report, None)
     got = models[chosen]["speedup"][key]
     status = "met" if got >= target else "missed_speed"
@@ -421,7 +422,7 @@ def compress(cfg, target: float, output_dir: str, *, batch_size: int = 32,
         f"predicted {budget.predicted_speedup:.2f}x), {models[chosen]['score']:.1f} {metric} "
         f"against the dense {scores[0]:.1f} ({_points(models[chosen]['drop'])})")
     report["output_dir"] = output_dir
-    _write_json(os.path.join(student_dir, "compress.json"), report)
+    write_json(os.path.join(student_dir, "compress.json"), report)
     deliver(output_dir, models[chosen]["dir"], report, overwrite)
     return Outcome(status, report, output_dir)
 
@@ -443,15 +444,12 @@ def _layer_sizes(model_dir: str) -> tuple[list[int], list[int]]:
     return layer_sizes(load_config(model_dir))
 
 
-def _write_json(path: str, obj: Any) -> None:
-    from mvp_jax.rundir import write_json
-
-    write_json(path, obj)
-
-
 def deliver(output_dir: str, model_dir: str, report: dict, overwrite: bool) -> None:
     """Copy the chosen ONNX directory with ``README.md`` and ``compress.json`` to
-    ``output_dir``, atomically (a temporary directory renamed into place)."""
+    ``output_dir``, atomically (a temporary directory renamed into place by
+    ``export.replace_directory``, as every model directory is written)."""
+    from mvp_jax.export import replace_directory
+
     check_destination(output_dir, overwrite)
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
@@ -464,13 +462,7 @@ def deliver(output_dir: str, model_dir: str, report: dict, overwrite: bool) -> N
         with open(os.path.join(tmp, "compress.json"), "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
             f.write("\n")
-        if os.path.lexists(output_dir):
-            old = tempfile.mkdtemp(dir=parent, prefix=".old-")
-            os.replace(output_dir, os.path.join(old, "x"))
-            os.replace(tmp, output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, output_dir)
+        replace_directory(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -114,7 +114,7 @@ MODEL_DIR_FILES = frozenset({"config.json", "model.safetensors", "model.safetens
                              *TOKENIZER_FILES})
 
 
-def _replace(tmp: str, path: str) -> None:
+def replace_directory(tmp: str, path: str) -> None:
     """Move ``tmp`` to ``path``; an existing ``path`` is moved aside first and removed after."""
     old = None
     if os.path.lexists(path):
@@ -208,7 +208,7 @@ def _write_model_dir(out_dir, params, config, head, write_weights, tokenizer_pat
         write_weights(tmp)
         for f in tok_files:
             shutil.copy2(f, tmp)
-        _replace(tmp, out_dir)
+        replace_directory(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
