@@ -26,10 +26,10 @@ import numpy as np
 from transformers import BertConfig
 
 from mvp_jax import tree
-from mvp_jax.compressed import quantize_int8, save_compressed
-from mvp_jax.export import count_remaining
-from mvp_jax.masking import apply_masks, init_scores, prunable_paths
+from mvp_jax.export.compressed import quantize_int8, save_compressed
+from mvp_jax.export.huggingface import count_remaining
 from mvp_jax.models import build_module, init_params
+from mvp_jax.pruning.masking import apply_masks, init_scores, prunable_paths
 
 MB = 1e6
 

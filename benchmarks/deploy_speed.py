@@ -10,9 +10,9 @@ for the dense export), then timed:
 * ``onnx``: ONNX Runtime (CPU, every graph optimization) on the dense model (also with int8
   matrices, to show what int8 alone gives), each compact model (pruned heads and FFN neurons
   removed) and each compact model with int8 matrices;
-* ``jax``: mvp-jax's JAX path (``mvp_jax.predict``, jit, length buckets), dense and compact.
+* ``jax``: mvp-jax's JAX path (``mvp_jax.serving.predict``, jit, length buckets), dense and compact.
 
-The ONNX and JAX models run through ``mvp_jax.predict`` (texts sorted by length, batched; ONNX
+The ONNX and JAX models run through ``mvp_jax.serving.predict`` (texts sorted by length, batched; ONNX
 batches padded to their longest text, JAX ones to a length bucket); the pipeline gets the texts
 in their order, as users call it. Each model has one warm-up pass per batch size, then timed
 passes alternate between the models (``--rounds``), so all see the same load. Reported per model:
@@ -57,8 +57,8 @@ def weight_file(model_dir: Path) -> Path:
 
 def export_all(dense_run: Path, runs: list[Path], work: Path) -> list[dict]:
     """The models to time: ``{name, runtime, dir, run, kind}`` (exports written under work/)."""
-    from mvp_jax.deploy import export_model_dir
-    from mvp_jax.rundir import export_run
+    from mvp_jax.export.deploy import export_model_dir
+    from mvp_jax.training.rundir import export_run
 
     work.mkdir(parents=True, exist_ok=True)
     models = [{"name": "dense", "runtime": "torch pipeline", "dir": dense_run / "export",
@@ -100,8 +100,8 @@ def torch_runner(model_dir: Path):
 
 
 def mvp_runner(model_dir: Path, onnx_threads: int | None = None):
-    from mvp_jax import onnx_export
-    from mvp_jax.predict import load_predictor, predict_texts
+    from mvp_jax.export import onnx as onnx_export
+    from mvp_jax.serving.predict import load_predictor, predict_texts
 
     predictor = load_predictor(str(model_dir), max_seq_length=64)
     if onnx_threads and onnx_export.is_onnx_dir(str(model_dir)):

@@ -1,6 +1,6 @@
 """``mvp-jax predict`` throughput against transformers' PyTorch pipeline, same export, same CPU.
 
-mvp-jax: ``mvp_jax.predict`` (the JAX model of the export, jit-compiled, texts tokenised in
+mvp-jax: ``mvp_jax.serving.predict`` (the JAX model of the export, jit-compiled, texts tokenised in
 chunks, sorted by length and batched into length buckets). PyTorch: transformers'
 ``pipeline("text-classification")`` on the same export directory, same batch size (it pads each
 batch to its longest text, in input order). Inputs: the SST-2 dev sentences
@@ -47,7 +47,7 @@ def embedded_export(directory: str) -> str:
     """The embedded MiniLM with a fresh two-class head, exported as a Hugging Face directory."""
     import jax
 
-    from mvp_jax.export import export_hf
+    from mvp_jax.export.huggingface import export_hf
     from mvp_jax.models import load_pretrained
 
     pre = load_pretrained("minilm-l6", head="classification", num_labels=2)
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     import torch
     import transformers
 
-    from mvp_jax.predict import load_predictor, predict_texts
+    from mvp_jax.serving.predict import load_predictor, predict_texts
 
     texts = sst2_sentences(n=args.n)
     tmp = tempfile.TemporaryDirectory()

@@ -5,7 +5,7 @@ with each pruning *variant* (below) at each target fraction of remaining encoder
 and/or without distillation from the dense model (its export/ directory is the teacher), on
 SST-2 (and, for the cpu-reduced and full presets, on the SQuAD-dev split). Each run is a config:
 the variant's YAML files plus a list of overrides (``make_run``), run by
-``mvp_jax.runner.fine_prune`` into its own directory. The *report* (``--report-only`` alone)
+``mvp_jax.training.runner.fine_prune`` into its own directory. The *report* (``--report-only`` alone)
 reads the finished run directories and writes results.csv, results.md (the table and which of
 the paper's claims held, computed from its rows), lambda_trials.csv and figure2.png under --out.
 
@@ -26,7 +26,7 @@ target, lambda is searched by secant steps on log(lambda) vs log(remaining weigh
 runs, starting from the recipe's final_lambda (every trial is a complete run with its own
 eval_results.json; all trials are listed in lambda_trials.csv, and the table reports, per
 target, the trial whose remaining weights are closest to the target in log ratio). Remaining
-weights are counted by ``mvp_jax.export.count_remaining`` on the exported model
+weights are counted by ``mvp_jax.export.huggingface.count_remaining`` on the exported model
 (export/model.safetensors) and checked against the run's eval_results.json.
 
     # the paper's Figure 2 on 2 CPU cores (README "Results"): every variant at 50/10/3% with the
@@ -305,7 +305,7 @@ def resolve_args(argv=None):
                 "squad_max_eval_samples"):
         if getattr(args, key) == 0:
             setattr(args, key, None)
-    from mvp_jax.calibration import check_target
+    from mvp_jax.pruning.calibration import check_target
 
     try:
         args.tasks, args.seeds = _names(args.tasks), [int(s) for s in _names(args.seeds)]
@@ -463,7 +463,7 @@ def total_steps_of(args, task, seed):
     if cfg.train.max_steps:
         return cfg.train.max_steps
     if (task, seed) not in _STEPS:
-        from mvp_jax.runner import load_setup
+        from mvp_jax.training.runner import load_setup
         _STEPS[task, seed] = load_setup(cfg).total_steps
     return _STEPS[task, seed]
 
@@ -540,7 +540,7 @@ def run_or_read(args, task, method, distill, target, seed, lam=None, teacher=Non
     """One run of the sweep (not run again when --resume-existing finds it finished, in
     --runs-dir or kept under --out/runs, unless ``fresh``); its row. A finished run's small
     files are kept under --out/runs."""
-    from mvp_jax.runner import fine_prune
+    from mvp_jax.training.runner import fine_prune
 
     name = run_name(method, distill, target, seed, lam)
     d = Path(args.runs_dir) / task / name
@@ -610,10 +610,10 @@ def variant_of_run(name, method, cfg):
 
 
 def export_counts(export_dir: Path) -> dict:
-    """``mvp_jax.export.count_remaining`` of an exported model (its weights read back), over
+    """``mvp_jax.export.huggingface.count_remaining`` of an exported model (its weights read back), over
     the prunable patterns it has (all six for a BERT)."""
     from mvp_jax import tree
-    from mvp_jax.export import count_remaining
+    from mvp_jax.export.huggingface import count_remaining
     from mvp_jax.models import read_weights
     from mvp_jax.models.layout import PRUNABLE
 
@@ -666,8 +666,8 @@ def read_run(d: Path) -> dict:
 
 
 def next_lambda(trials, target, default):
-    """``mvp_jax.calibration.next_lambda``: the secant step of the lambda search."""
-    from mvp_jax.calibration import next_lambda as step
+    """``mvp_jax.pruning.calibration.next_lambda``: the secant step of the lambda search."""
+    from mvp_jax.pruning.calibration import next_lambda as step
 
     return step(trials, target, default)
 
@@ -767,7 +767,7 @@ def run_cell(args, task, method, distill, target, seed, teacher, trials):
     """Dense and hard-target variants: one run. Soft movement / L0: up to --lambda-trials runs
     for this target (those already on disk for it count, with --resume-existing), each lambda
     from all the trials so far of the same task/variant/distillation/seed (secant on log-log,
-    from the recipe's final_lambda, ``mvp_jax.calibration.calibrate_lambda``); stops when a
+    from the recipe's final_lambda, ``mvp_jax.pruning.calibration.calibrate_lambda``); stops when a
     trial lands within --lambda-tolerance of the target (default: 25% of it). The report picks
     among trials afterwards."""
     variant = variant_name(method)
@@ -785,7 +785,7 @@ def run_cell(args, task, method, distill, target, seed, teacher, trials):
                 rows.setdefault(r["run"], r)
         return list(rows.values())
 
-    from mvp_jax.calibration import calibrate_lambda
+    from mvp_jax.pruning.calibration import calibrate_lambda
 
     n = args.lambda_trials_distill if distill else args.lambda_trials
     cands = known(kd)
@@ -927,7 +927,7 @@ def markdown_table(rows):
 
 def variants_note(rows):
     """What each variant in ``rows`` is (its method, ``prune.method`` and overrides)."""
-    from mvp_jax import methods
+    from mvp_jax.pruning import methods
 
     present = [v for v in VARIANT_ORDER[1:] if any(_variant(r) == v for r in rows)]
     lines = []

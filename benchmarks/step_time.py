@@ -42,12 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mvp_jax import masking
-from mvp_jax import sharding as shd
 from mvp_jax.config import PruneConfig
 from mvp_jax.models import build_module, init_params
-from mvp_jax.optim import make_optimizer
-from mvp_jax.train import init_state, jit_train_step, make_train_step
+from mvp_jax.pruning import masking
+from mvp_jax.pruning.pruner import Pruner
+from mvp_jax.training import sharding as shd
+from mvp_jax.training.optim import make_optimizer
+from mvp_jax.training.train import init_state, jit_train_step, make_train_step
 
 TOTAL_STEPS = 10_000  # the schedule's length; timing starts half-way (v about 0.26)
 
@@ -134,8 +135,9 @@ class Variant:
         state = init_state(params, scores, optimizer, seed=0)
         state = state.replace(step=jnp.int32(TOTAL_STEPS // 2))
         self.state = shd.place(state, shd.tree_shardings(state, mesh))
-        step_fn = make_train_step(module, "classification", pruning, optimizer,
-                                  total_steps=TOTAL_STEPS)
+        step_fn = make_train_step(module, "classification",
+                                  Pruner.from_config(pruning, module, total_steps=TOTAL_STEPS),
+                                  optimizer)
         jitted = jit_train_step(step_fn, mesh, self.state, batch)
         put = shd.batch_sharding(mesh, batch, micro=True)
         self.batches = [shd.put_batch(synthetic_batch(config, batch, seq, s), put) for s in range(2)]

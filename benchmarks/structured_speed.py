@@ -3,7 +3,7 @@ the curve of accuracy against speed-up.
 
 Each run directory gives a model and its accuracy (``eval_results.json``): a structured run its
 ``compact/`` model (pruned heads and neurons removed), a dense run its ``export/``. Every model
-runs through the same runtime (``mvp_jax.predict``: the JAX model, jit-compiled, texts sorted by
+runs through the same runtime (``mvp_jax.serving.predict``: the JAX model, jit-compiled, texts sorted by
 length and batched into length buckets) on the same inputs, the SST-2 dev sentences, at batch
 32 and batch 1. One warm-up pass each (compiles one program per bucket), then timed passes
 alternate between the models, so all see the same load on a shared machine. Reported: examples/s
@@ -41,9 +41,9 @@ def model_of(run: Path) -> Path:
 
 def describe(run: Path) -> dict:
     """Accuracy, remaining weights and encoder sizes of a run."""
-    from mvp_jax.compact import layer_sizes
     from mvp_jax.config import load_config
-    from mvp_jax.models import load_config as load_model_config
+    from mvp_jax.export.compact import layer_sizes
+    from mvp_jax.models import load_model_config
 
     results = json.loads((run / "eval_results.json").read_text())
     heads, sizes = layer_sizes(load_model_config(str(model_of(run))))
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from mvp_jax.predict import load_predictor, predict_texts
+    from mvp_jax.serving.predict import load_predictor, predict_texts
 
     texts = sst2_sentences(n=args.n)
     runs = [Path(r) for r in args.runs]
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         "date": date.today().isoformat(),
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
         "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
-        "runtime": "mvp_jax.predict (JAX, jit, length buckets)",
+        "runtime": "mvp_jax.serving.predict (JAX, jit, length buckets)",
         "inputs": f"SST-2 dev sentences ({len(texts)})",
         "rounds": args.rounds,
         "loadavg_start_end": [round(load_start[0], 2), round(os.getloadavg()[0], 2)],

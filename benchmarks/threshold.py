@@ -18,7 +18,7 @@ from datetime import date
 import jax
 import jax.numpy as jnp
 
-from mvp_jax.masking import kth_largest
+from mvp_jax.pruning.masking import kth_largest
 
 
 def bert_base_scores(key, layers=12, hidden=768, ffn=3072):

@@ -35,11 +35,13 @@ def jax_step(variant: str, seq: int, batch: int, dtype: str):
     import jax.numpy as jnp
     import numpy as np
 
-    from mvp_jax import masking, sharding
     from mvp_jax.config import PruneConfig
     from mvp_jax.models import load_pretrained
-    from mvp_jax.optim import make_optimizer
-    from mvp_jax.train import init_state, jit_train_step, make_train_step
+    from mvp_jax.pruning import masking
+    from mvp_jax.pruning.pruner import Pruner
+    from mvp_jax.training import sharding
+    from mvp_jax.training.optim import make_optimizer
+    from mvp_jax.training.train import init_state, jit_train_step, make_train_step
 
     pre = load_pretrained("minilm-l6", head="classification", num_labels=2,
                           dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
@@ -58,8 +60,8 @@ def jax_step(variant: str, seq: int, batch: int, dtype: str):
     state = init_state(pre.params, scores, optimizer, seed=0)
     mesh = sharding.make_mesh(1, 1, devices=jax.devices()[:1])
     state = sharding.place(state, sharding.tree_shardings(state, mesh))
-    step = jit_train_step(make_train_step(module, "classification", pruning, optimizer,
-                                          total_steps=1000), mesh,
+    pruner = Pruner.from_config(pruning, module, total_steps=1000)
+    step = jit_train_step(make_train_step(module, "classification", pruner, optimizer), mesh,
                           state, batch)
     rng = np.random.default_rng(0)
     host = {"input_ids": rng.integers(1000, 20000, (1, batch, seq)).astype(np.int32),

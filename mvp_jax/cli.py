@@ -50,8 +50,8 @@ def _add_cache_option(p: argparse.ArgumentParser) -> None:
 
 def compile_cache_dir() -> str:
     """Where compiled programs are cached: ``$JAX_COMPILATION_CACHE_DIR``, else ``xla`` in
-    mvp-jax's cache folder (``mvp_jax.latency.cache_dir``)."""
-    from mvp_jax.latency import cache_dir
+    mvp-jax's cache folder (``mvp_jax.serving.latency.cache_dir``)."""
+    from mvp_jax.serving.latency import cache_dir
 
     return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(cache_dir(), "xla")
 
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in DIR/trials/lambda-<L>/, starting from the config's final_lambda, list them in "
         "DIR/lambda_trials.json and make the closest the run in DIR (the same command again "
         "reruns nothing; an interrupted trial continues). Exit code 4 when no trial lands "
-        "within --tolerance: the closest one is then the run in DIR (see mvp_jax/target.py)")
+        "within --tolerance: the closest one is then the run in DIR (see mvp_jax/training/target.py)")
     g.add_argument("--target-remaining", type=float, metavar="FRACTION",
                    help="fraction of the prunable weights to keep, in (0, 1], e.g. 0.1")
     g.add_argument("--lambda-trials", type=int, metavar="N",
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _located(path: str, need_model: bool = True):
     """``rundir.locate`` of a directory; None for a name (an embedded model or a hub id, which
     the loaders resolve)."""
-    from mvp_jax.rundir import locate
+    from mvp_jax.training.rundir import locate
 
     return locate(path, need_model=need_model) if os.path.isdir(path) else None
 
@@ -285,7 +285,7 @@ def _is_user_error(e: BaseException) -> bool:
 
 def cmd_fine_prune(args) -> int:
     from mvp_jax.config import load_config
-    from mvp_jax.runner import fine_prune
+    from mvp_jax.training.runner import fine_prune
 
     if args.target_remaining is None:
         for flag, value in (("--lambda-trials", args.lambda_trials),
@@ -294,7 +294,7 @@ def cmd_fine_prune(args) -> int:
                 raise UserError(f"{flag} applies with --target-remaining")
     cfg = load_config(args.config or None, args.overrides)
     if args.target_remaining is not None:
-        from mvp_jax.target import fine_prune_to_target
+        from mvp_jax.training.target import fine_prune_to_target
 
         given = {k: v for k, v in (("max_trials", args.lambda_trials),
                                    ("tolerance", args.tolerance)) if v is not None}
@@ -355,7 +355,7 @@ def _evaluate_task(args, run_cfg):
 
 
 def cmd_evaluate(args) -> int:
-    from mvp_jax.evaluation import evaluate_model_dir
+    from mvp_jax.training.evaluation import evaluate_model_dir
 
     found = _located(args.model, need_model=False)
     run_cfg = found.cfg if found else None
@@ -365,7 +365,7 @@ def cmd_evaluate(args) -> int:
                 else run_cfg.data.max_eval_samples if run_cfg else None)
     layout = None
     if run_cfg is not None and args.batch_size is None:
-        from mvp_jax.evaluation import EvalLayout
+        from mvp_jax.training.evaluation import EvalLayout
 
         layout = EvalLayout.of_run(run_cfg)
     metrics = evaluate_model_dir(model_dir, task, max_eval_samples=max_eval,
@@ -376,14 +376,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from mvp_jax.deploy import export_model_dir
-    from mvp_jax.rundir import export_run
+    from mvp_jax.export.deploy import export_model_dir
+    from mvp_jax.training.rundir import export_run
 
     options = dict(format=args.format, compact=args.compact, quantize=args.quantize,
                    overwrite=args.overwrite)
     found = None
     if os.path.isdir(args.run):
-        from mvp_jax.rundir import locate
+        from mvp_jax.training.rundir import locate
 
         found = locate(args.run, need_model=False)
     if found is not None and not found.is_run and found.model_dir == found.path:
@@ -397,7 +397,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_count(args) -> int:
-    from mvp_jax.export import count_remaining, format_counts
+    from mvp_jax.export.huggingface import count_remaining, format_counts
     from mvp_jax.models import load_pretrained
 
     if args.plot:  # before the work: matplotlib is an optional extra (mvp-jax[plots])
@@ -420,7 +420,7 @@ def cmd_count(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from mvp_jax.predict import run_predict
+    from mvp_jax.serving.predict import run_predict
 
     rows = run_predict(args.model, texts=args.texts, file=args.file,
                        text_columns=args.text_columns, output=args.output,
@@ -435,8 +435,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_compress(args) -> int:
-    from mvp_jax.compress import check_options, compress
     from mvp_jax.config import load_config
+    from mvp_jax.serving.compress import check_options, compress
 
     check_options(args.speedup, args.max_drop, args.batch_size, args.precision,
                   args.onnx_threads)
@@ -469,10 +469,9 @@ def _csv(text: str, convert, what: str) -> list:
 
 
 def cmd_latency_table(args) -> int:
-    from mvp_jax import latency
-    from mvp_jax.models import load_config as load_model_config
-    from mvp_jax.models import resolve_model_path
-    from mvp_jax.onnx_export import require_onnx, unsupported_reason
+    from mvp_jax.export.onnx import require_onnx, unsupported_reason
+    from mvp_jax.models import load_model_config, resolve_model_path
+    from mvp_jax.serving import latency
 
     batches = _csv(args.batch_sizes, int, "--batch-size")
     precisions = _csv(args.precision, str, "--precision")
@@ -509,7 +508,7 @@ COMMANDS = {"fine-prune": cmd_fine_prune, "evaluate": cmd_evaluate, "export": cm
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mvp_jax.runner import Interrupted, NonFiniteLoss
+    from mvp_jax.training.runner import Interrupted, NonFiniteLoss
 
     try:
         if not getattr(args, "no_compile_cache", True):

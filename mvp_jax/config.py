@@ -14,7 +14,7 @@ file; bases are merged in order, key by key, and the file's own keys win. Number
 
 This module imports no JAX (nor the data pipeline), so the command line can validate a config
 before any device work: method-dependent checks read the method's properties from
-:mod:`mvp_jax.methods`, built-in task names come from :mod:`mvp_jax.task_names`.
+:mod:`mvp_jax.pruning.methods`, built-in task names come from :mod:`mvp_jax.task_names`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from mvp_jax import methods, task_names
-from mvp_jax.choices import DTYPES, OPTIMIZERS, REGULARIZATIONS, RNG_IMPLS
+from mvp_jax import task_names
+from mvp_jax.choices import DTYPES, OPTIMIZERS, RNG_IMPLS
 from mvp_jax.choices import SCORE_INITS as MASK_INITS
 from mvp_jax.errors import UserError
+from mvp_jax.pruning import methods
 
 __all__ = [
     "ConfigError", "Config", "ModelConfig", "TaskConfig", "PruneConfig", "TrainConfig",
@@ -46,6 +47,7 @@ __all__ = [
 
 METHODS = methods.NAMES  # = masking.METHODS
 GRANULARITIES = methods.GRANULARITIES  # what one mask entry removes
+REGULARIZATIONS = methods.REGULARIZATIONS  # the penalties the methods need
 TASK_KINDS = task_names.KINDS  # = data.custom.KINDS (tested)
 
 
@@ -313,7 +315,7 @@ class PruneConfig(_Section):
     """Pruning method, its threshold schedule and its regularization (paper Sections 3-4).
 
     ``initial_threshold`` / ``final_threshold`` mean what the method's ``threshold`` says
-    (:mod:`mvp_jax.methods`): the fraction of weights kept (topk, magnitude, random), the
+    (:mod:`mvp_jax.pruning.methods`): the fraction of weights kept (topk, magnitude, random), the
     sigmoid threshold tau (sigmoied_threshold), or for l0 only a scale of lambda, which follows
     ``final_lambda * threshold / final_threshold`` as in the reference code.
     """
@@ -321,7 +323,7 @@ class PruneConfig(_Section):
     SECTION: typing.ClassVar[str] = "prune"
 
     # none | magnitude | topk (movement) | sigmoied_threshold (soft) | l0 | random (control:
-    # Top-v of fixed random scores); see mvp_jax.methods
+    # Top-v of fixed random scores); see mvp_jax.pruning.methods
     method: str = "topk"
     # what one mask entry removes: weight | head (attention head) | neuron (FFN unit) | hybrid
     # (heads in attention, neurons in the FFN); the method must support it
@@ -496,7 +498,7 @@ class DistillConfig(_Section):
 
     ``loss = alpha_ce * task_loss + alpha_distil * T^2 * KL(softmax(t/T) || softmax(s/T))
     + alpha_hidden * L_hidden + alpha_attention * L_attention``, the layer-wise terms
-    (``mvp_jax.distill``; 0 = not computed) over real tokens, per matched pair of layers:
+    (``mvp_jax.training.distill``; 0 = not computed) over real tokens, per matched pair of layers:
     ``L_hidden`` the mean squared error of the hidden states (embedding output and every
     layer's output), ``L_attention`` the KL of the teacher's attention distributions to the
     student's, averaged over heads and query positions. ``layer_map`` pairs the layers:

@@ -6,7 +6,7 @@ Two kinds of functions:
 * loaders that read a run directory written by ``fine_prune`` / ``mvp-jax fine-prune`` and
   return plain numpy arrays (``load_run_weights``, ``mask_history``, ``read_metrics``);
 * plotting functions that take those arrays (or a ``counts`` dict of
-  :func:`mvp_jax.export.count_remaining`) and return a ``matplotlib`` figure; ``save_figure``
+  :func:`mvp_jax.export.huggingface.count_remaining`) and return a ``matplotlib`` figure; ``save_figure``
   writes it as a PNG, so figures can be looked at outside Jupyter.
 
 The numbers behind the pictures come from plain functions too (``figure1_stats``,
@@ -17,7 +17,6 @@ JAX and the model code are imported only by the loaders.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -27,9 +26,10 @@ from itertools import pairwise
 
 import numpy as np
 
-from mvp_jax import methods, rundir
 from mvp_jax.errors import MissingFileError, UserError
-from mvp_jax.matrices import layer_order, matrix_label, tally
+from mvp_jax.export.matrices import layer_order, matrix_label, tally
+from mvp_jax.pruning import methods
+from mvp_jax.training import rundir
 
 __all__ = [
     "RunWeights",
@@ -94,14 +94,12 @@ class RunWeights:
         return np.concatenate([np.ravel(tree[p]) for p in (paths or self.paths)])
 
 
-def _final_masks_fn(prune, num_heads: int | None = None):
-    """``(params, scores) -> {path: bool array}``: the final masks of a run's ``prune`` config
-    section, in one compiled program."""
+def _final_masks_fn(pruner):
+    """``(params, scores) -> {path: bool array}``: a run's final masks (``Pruner.final_masks``),
+    in one compiled program."""
     import jax
 
-    from mvp_jax import masking
-
-    compiled = jax.jit(functools.partial(masking.final_masks, prune, num_heads=num_heads))
+    compiled = jax.jit(pruner.final_masks)
 
     def final_masks(params, scores):
         return {p: np.asarray(m) > 0 for p, m in jax.device_get(compiled(params, scores)).items()}
@@ -113,12 +111,14 @@ def load_run_weights(run_dir: str) -> RunWeights:
     """Pretrained and fine-pruned values, final masks and scores of a run's latest checkpoint."""
     import jax
 
-    from mvp_jax import structured, tree
+    from mvp_jax import tree
+    from mvp_jax.pruning import structured
+    from mvp_jax.pruning.pruner import Pruner
 
     run = rundir.restore_run(os.fspath(run_dir), pretrained=True)
-    method = methods.get(run.cfg.prune.method)
-    masks = _final_masks_fn(run.cfg.prune, run.pretrained.config.num_attention_heads)(
-        run.params, run.scores)
+    pruner = Pruner.from_config(run.cfg.prune, run.pretrained.module)
+    method = pruner.method
+    masks = _final_masks_fn(pruner)(run.params, run.scores)
     flat_pre = tree.flatten(jax.device_get(run.pretrained.params))
     flat_fin = tree.flatten(run.params)
     # what the masks were selected from: the learned scores (a unit's score for each of its
@@ -128,7 +128,7 @@ def load_run_weights(run_dir: str) -> RunWeights:
     flat_scores = {p: learned.get(p, np.abs(flat_fin[p])) for p in masks}
     return RunWeights(
         run_dir=os.fspath(run_dir), method=method.name, step=run.step,
-        keep=float(run.cfg.prune.final_threshold),
+        keep=pruner.final_threshold,
         pretrained={p: np.asarray(flat_pre[p]) for p in masks},
         final={p: np.asarray(flat_fin[p]) for p in masks}, masks=masks,
         scores={p: np.asarray(flat_scores[p]) for p in masks})
@@ -154,12 +154,12 @@ def mask_history(run_dir: str, steps: Sequence[int] | None = None
     if missing:
         raise MissingFileError(f"{run_dir}: no checkpoint for steps {missing}; "
                                 f"available: {available}")
-    from mvp_jax.models import load_config as load_model_config
-    from mvp_jax.models import resolve_model_path
+    from mvp_jax.models import load_model_config, resolve_model_path
+    from mvp_jax.pruning.pruner import Pruner
 
     cfg = rundir.load_run_config(run_dir)
     heads = load_model_config(resolve_model_path(cfg.model.name)).num_attention_heads
-    final_masks = _final_masks_fn(cfg.prune, heads)
+    final_masks = _final_masks_fn(Pruner.from_config(cfg.prune, num_heads=heads))
     history = []
     for step in steps:
         saved = rundir.read_checkpoint(run_dir, ("params", "scores"), step)
@@ -349,7 +349,7 @@ def _select(run: RunWeights, paths: Sequence[str] | str | None):
 
 
 def _method(name: str):
-    """The ``mvp_jax.methods`` object of ``name``, None for a name it does not know."""
+    """The ``mvp_jax.pruning.methods`` object of ``name``, None for a name it does not know."""
     try:
         return methods.get(name)
     except UserError:

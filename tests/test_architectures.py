@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from mvp_jax.compact import compact_params, layer_sizes, save_compact, save_transformers
-from mvp_jax.compressed import load_compressed, save_compressed
-from mvp_jax.export import count_remaining, export_hf, format_counts
-from mvp_jax.masking import multiply_masks, prunable_paths
+from mvp_jax.export.compact import compact_params, layer_sizes, save_compact, save_transformers
+from mvp_jax.export.compressed import load_compressed, save_compressed
+from mvp_jax.export.huggingface import count_remaining, export_hf, format_counts
 from mvp_jax.models import load_pretrained
-from mvp_jax.sharding import partition_spec
-from mvp_jax.structured import expand, unit_counts
+from mvp_jax.pruning.masking import multiply_masks, prunable_paths
+from mvp_jax.pruning.structured import expand, unit_counts
+from mvp_jax.training.sharding import partition_spec
 from mvp_jax.tree import flatten
 
 ARCHS = ("roberta", "xlm-roberta", "distilbert")
@@ -197,8 +197,8 @@ def test_partition_rules_cover_each_architecture():
 
 @pytest.mark.parametrize("arch", ["roberta", "distilbert"])
 def test_teacher_label_permutation_reorders_the_logits(checkpoints, arch):
-    from mvp_jax.distill import permute_classifier
     from mvp_jax.models import layout_of
+    from mvp_jax.training.distill import permute_classifier
 
     pre = load_pretrained(checkpoints[(arch, "classification")][0], head="classification",
                           num_labels=3)

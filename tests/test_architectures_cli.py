@@ -65,7 +65,7 @@ def models(tmp_path_factory):
     ("roberta", "weight"), pytest.param("roberta", "hybrid", marks=pytest.mark.slow),
     pytest.param("distilbert", "weight", marks=pytest.mark.slow), ("distilbert", "hybrid")])
 def test_fine_prune_evaluate_export_predict(arch, granularity, models, tmp_path, capsys):
-    from mvp_jax.predict import load_predictor, predict_texts
+    from mvp_jax.serving.predict import load_predictor, predict_texts
 
     rows = reviews(32)
     train, dev = write(tmp_path / "train.csv", rows), write(tmp_path / "dev.csv", rows[:16])

@@ -17,9 +17,9 @@ FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads
 def test_minilm_shape_is_the_embedded_models():
     from step_time import model_config
 
-    from mvp_jax.models import load_config, resolve_model_path
+    from mvp_jax.models import load_model_config, resolve_model_path
 
-    embedded = load_config(resolve_model_path("minilm-l6"))
+    embedded = load_model_config(resolve_model_path("minilm-l6"))
     ours = model_config("minilm-l6")
     assert {f: getattr(ours, f) for f in FIELDS} == {f: getattr(embedded, f) for f in FIELDS}
 

@@ -16,6 +16,7 @@ from mvp_jax.data import (
     resolve_buckets,
     sequence_lengths,
 )
+from mvp_jax.pruning.pruner import Pruner
 
 BUCKETS = (8, 16, 32)
 
@@ -138,8 +139,8 @@ def test_resolve_buckets_errors_name_the_key():
 def test_bucketed_predict_matches_fixed_length_on_minilm(shared_data, tok):
     from mvp_jax import data
     from mvp_jax.config import PruneConfig
-    from mvp_jax.evaluation import EvalStep, make_eval_step, predict
     from mvp_jax.models import load_pretrained
+    from mvp_jax.training.evaluation import EvalStep, make_eval_step, predict
 
     pre = load_pretrained("minilm-l6", head="classification", num_labels=2)
     task = data.load_task("sst2", tok, data_dir=shared_data / "glue" / "SST-2", max_seq_length=32,
@@ -148,7 +149,7 @@ def test_bucketed_predict_matches_fixed_length_on_minilm(shared_data, tok):
     lengths = sequence_lengths(feats["attention_mask"])
     assert lengths.max() > 16 > lengths.min()  # both buckets in use
     pruning = PruneConfig(method="magnitude", final_threshold=0.4)
-    step = make_eval_step(pre.module, pruning)
+    step = make_eval_step(pre.module, Pruner.from_config(pruning, pre.module))
     assert isinstance(step, EvalStep)
     jitted = step.jit()
     fixed = predict(jitted, pre.params, {}, feats, 16)
@@ -199,7 +200,7 @@ def tiny_config(shared_data, model, *extra):
 
 
 def final_state(run_dir):
-    from mvp_jax.rundir import read_checkpoint
+    from mvp_jax.training.rundir import read_checkpoint
 
     return read_checkpoint(str(run_dir), ("params", "scores", "step", "rng"))
 
@@ -211,7 +212,7 @@ def test_bucketed_fine_prune_resumes_bit_for_bit(tmp_path, shared_data, tiny_mod
     and resumed, the params and key equal an uninterrupted run's (dropout on: the key matters;
     method none: the step compiles fastest, test_fine_prune resumes the pruning methods). Two
     lengths (16, 32), so two compilations per run."""
-    from mvp_jax.runner import _batch_iterator, fine_prune, load_setup
+    from mvp_jax.training.runner import _batch_iterator, fine_prune, load_setup
 
     cfg = tiny_config(shared_data, tiny_model)
     setup = load_setup(cfg)
@@ -280,9 +281,9 @@ def test_bad_buckets_are_one_line_exit_2_and_write_nothing(tmp_path, shared_data
 
 @pytest.mark.parametrize("impl", ["threefry", "rbg", "unsafe_rbg"])
 def test_state_rng_is_raw_key_data_of_its_impl(impl):
-    from mvp_jax.optim import make_optimizer
-    from mvp_jax.sharding import make_mesh, tree_shardings
-    from mvp_jax.train import init_state, prng_key
+    from mvp_jax.training.optim import make_optimizer
+    from mvp_jax.training.sharding import make_mesh, tree_shardings
+    from mvp_jax.training.train import init_state, prng_key
 
     opt = make_optimizer(learning_rate=1e-3, total_steps=2)
     state = init_state({"w": np.zeros((2, 3), np.float32)}, {}, opt, seed=4, rng_impl=impl)
@@ -306,11 +307,11 @@ def _tiny_step(rng_impl, mesh_shape):
     giving a fresh placed state (rng of ``rng_impl``) and the batch placement."""
     from transformers import BertConfig
 
-    from mvp_jax import sharding
     from mvp_jax.config import PruneConfig
     from mvp_jax.models import build_module, init_params
-    from mvp_jax.optim import make_optimizer
-    from mvp_jax.train import init_state, jit_train_step, make_train_step
+    from mvp_jax.training import sharding
+    from mvp_jax.training.optim import make_optimizer
+    from mvp_jax.training.train import init_state, jit_train_step, make_train_step
 
     module = build_module(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1,
                                      num_attention_heads=4, intermediate_size=64,
@@ -325,8 +326,9 @@ def _tiny_step(rng_impl, mesh_shape):
         return sharding.place(state, sharding.tree_shardings(state, mesh))
 
     state = fresh()
-    step = jit_train_step(make_train_step(module, "classification", PruneConfig(method="none"),
-                                          optimizer, total_steps=10), mesh, state, 8,
+    dense = Pruner.from_config(PruneConfig(method="none"), module, total_steps=10)
+    step = jit_train_step(make_train_step(module, "classification", dense, optimizer), mesh,
+                          state, 8,
                           compiler_options={"xla_backend_optimization_level": 0})
     put = sharding.batch_sharding(mesh, 8, micro=True)
     return step, fresh, lambda b: sharding.put_batch(b, put)
@@ -347,7 +349,7 @@ def test_rbg_steps_are_deterministic_resumable_and_mesh_independent_on_cpu():
     exactly, batches of two lengths run through one compiled function, and on the CPU a 4 x 2
     mesh draws the dropout masks of one device (XLA replicates RngBitGenerator when
     partitioning; on TPU with --xla_tpu_spmd_rng_bit_generator_unsafe it would not)."""
-    from mvp_jax import sharding
+    from mvp_jax.training import sharding
 
     lengths = [16, 8, 16]
 

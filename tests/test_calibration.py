@@ -1,4 +1,4 @@
-"""The lambda calibration of soft movement and L0 (``mvp_jax.calibration``): the secant search
+"""The lambda calibration of soft movement and L0 (``mvp_jax.pruning.calibration``): the secant search
 reaches a target remaining fraction where the answer is known (a power law, and a tiny BERT
 whose target is what a known lambda keeps), resumes from earlier trials, and rejects bad input.
 """
@@ -7,7 +7,13 @@ import math
 
 import pytest
 
-from mvp_jax.calibration import Trial, calibrate_lambda, check_target, next_lambda, on_target
+from mvp_jax.pruning.calibration import (
+    Trial,
+    calibrate_lambda,
+    check_target,
+    next_lambda,
+    on_target,
+)
 
 
 def power_law(c=50.0, k=0.8):
@@ -88,7 +94,7 @@ def test_l0_on_a_tiny_bert_reaches_what_a_known_lambda_keeps(tmp_path, shared_da
     complete run, remaining weights counted as the export's). Measured on this model:
     lambda 0.03 keeps 99.5%, 0.05-0.07 about 49-53%, 0.1 keeps 4%."""
     from mvp_jax.config import load_config
-    from mvp_jax.runner import fine_prune
+    from mvp_jax.training.runner import fine_prune
 
     def run(lam, name=None):
         cfg = load_config(None, [

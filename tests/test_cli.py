@@ -116,8 +116,8 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, shared_data, tiny_ber
     assert stopped >= 2
     # the checkpoint resumes: continue two more steps with the run's own configuration
     from mvp_jax.config import load_config
-    from mvp_jax.rundir import restore_run
-    from mvp_jax.runner import fine_prune
+    from mvp_jax.training.rundir import restore_run
+    from mvp_jax.training.runner import fine_prune
 
     cfg = load_config(str(run / "config.yaml"))
     res = fine_prune(cfg, str(run), resume=True, progress=False, stop_at_step=stopped + 2)

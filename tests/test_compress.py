@@ -1,4 +1,4 @@
-"""``mvp-jax compress`` and ``mvp_jax.latency``: the budget a known cost table gives (derived by
+"""``mvp-jax compress`` and ``mvp_jax.serving.latency``: the budget a known cost table gives (derived by
 hand), the table's fit and file, the command end to end on a tiny model (teacher trained once and
 reused by a second target, the card written, ``predict`` on the output), a missed ``--max-drop``,
 bad input (one line, exit 2, nothing written), ``mvp-jax latency-table``, and JAX's persistent
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from test_own_data import one_error_line, reviews, run_cli, write
 
-from mvp_jax import latency
-from mvp_jax.latency import LatencyError, LatencyTable, ModelShape
+from mvp_jax.serving import latency
+from mvp_jax.serving.latency import LatencyError, LatencyTable, ModelShape
 
 TINY = ModelShape("bert", 2, 32, 2, 64, "gelu")  # conftest's tiny_bert
 
@@ -142,7 +142,7 @@ def compress_args(root, out, *extra, speedup="1.5"):
 
 def test_compress_end_to_end_reuses_the_teacher(setting, tmp_path, capsys):
     from mvp_jax.config import load_config
-    from mvp_jax.predict import load_predictor, predict_texts
+    from mvp_jax.serving.predict import load_predictor, predict_texts
 
     out = tmp_path / "fast"
     code, stdout, err = run_cli(capsys, *compress_args(setting, out))
@@ -188,7 +188,7 @@ def test_compress_end_to_end_reuses_the_teacher(setting, tmp_path, capsys):
     assert second["teacher_run"] == report["teacher_run"]
 
     # a missed --max-drop: exit 4, nothing delivered, the runs kept
-    import mvp_jax.compress as compress_module
+    import mvp_jax.serving.compress as compress_module
 
     def score(self, rows, label_names, _calls=[]):
         _calls.append(1)
@@ -351,8 +351,8 @@ def test_predict_file_of_a_builtin_task_run_reads_its_text_column(tiny_bert_clas
 
 @pytest.mark.parametrize("recipe", ["movement", "soft_movement", "l0", "dense", "hybrid_distilled"])
 def test_student_is_hybrid_movement_distilled_whatever_the_recipe(recipe):
-    from mvp_jax.compress import student_config, teacher_config
     from mvp_jax.config import load_config
+    from mvp_jax.serving.compress import student_config, teacher_config
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "configs" / "lab" / "sst2" / f"{recipe}.yaml")

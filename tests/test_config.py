@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from mvp_jax import config as C
-from mvp_jax import methods, task_names
+from mvp_jax import task_names
 from mvp_jax.config import (
     Config,
     ConfigError,
@@ -25,6 +25,7 @@ from mvp_jax.config import (
     load_config,
     save_config,
 )
+from mvp_jax.pruning import methods
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -143,13 +144,14 @@ def test_lab_recipes_are_small():
 
 
 def test_every_choice_a_config_accepts_is_implemented():
-    """One source for each list of names (``mvp_jax.choices``, ``mvp_jax.methods``): every name a
+    """One source for each list of names (``mvp_jax.choices``, ``mvp_jax.pruning.methods``): every name a
     config accepts works in the modules that implement it."""
     import jax
 
-    from mvp_jax import regularizers, train
-    from mvp_jax.optim import make_optimizer
-    from mvp_jax.structured import init_scores
+    from mvp_jax.pruning import regularizers
+    from mvp_jax.pruning.structured import init_scores
+    from mvp_jax.training import train
+    from mvp_jax.training.optim import make_optimizer
 
     params = {"bert": {"encoder": {"layer": {"0": {"attention": {"self": {"query": {
         "kernel": jax.numpy.ones((4, 4))}}}}}}}}

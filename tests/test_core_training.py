@@ -9,15 +9,15 @@ import numpy as np
 import optax
 import pytest
 
-from mvp_jax import masking, regularizers
-from mvp_jax.optim import (
+from mvp_jax.pruning import masking, regularizers
+from mvp_jax.pruning.schedules import regularization_lambda, threshold_schedule
+from mvp_jax.training.optim import (
     bias_correction,
     linear_warmup_decay,
     make_optimizer,
     param_labels,
     reference_adamw,
 )
-from mvp_jax.schedules import regularization_lambda, threshold_schedule
 
 SCHED = dict(total_steps=1000, warmup_steps=100, initial_threshold=1.0, final_threshold=0.15,
              initial_warmup=1, final_warmup=2)

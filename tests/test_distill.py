@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from mvp_jax.distill import distillation_loss, kl_with_temperature
 from mvp_jax.models import build_module, init_params
+from mvp_jax.training.distill import distillation_loss, kl_with_temperature
 
 
 def test_matches_torch_kl_div_reference():
@@ -65,7 +65,7 @@ GLUE_MNLI = ("entailment", "neutral", "contradiction")
     ({"0": "Contradiction", "1": "Neutral", "2": "Entailment"}, [2, 1, 0]),  # string keys (json)
 ])
 def test_teacher_label_permutation(id2label, expected):
-    from mvp_jax.distill import teacher_label_permutation
+    from mvp_jax.training.distill import teacher_label_permutation
 
     perm = teacher_label_permutation(id2label, GLUE_MNLI)
     assert perm == expected
@@ -80,7 +80,7 @@ def test_teacher_in_another_label_order_is_reordered_on_load(tmp_path, shared_da
     from transformers import BertForSequenceClassification
 
     from mvp_jax.config import load_config
-    from mvp_jax.runner import load_setup
+    from mvp_jax.training.runner import load_setup
 
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

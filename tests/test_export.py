@@ -15,17 +15,18 @@ import numpy as np
 import pytest
 from _helpers_models import make_hf_checkpoint, padded_batch
 
-from mvp_jax import export, tree
-from mvp_jax.compressed import (
+from mvp_jax import tree
+from mvp_jax.export import huggingface as export
+from mvp_jax.export.compressed import (
     CompressedFormatError,
     compression_report,
     load_compressed,
     save_compressed,
 )
-from mvp_jax.export import ExportError, count_remaining, export_hf, format_counts
-from mvp_jax.masking import apply_masks, init_scores, prunable_paths
+from mvp_jax.export.huggingface import ExportError, count_remaining, export_hf, format_counts
 from mvp_jax.models import load_pretrained
 from mvp_jax.models.layout import PRUNABLE as DEFAULT_PRUNABLE
+from mvp_jax.pruning.masking import apply_masks, init_scores, prunable_paths
 
 torch = pytest.importorskip("torch")
 TOL = 1e-5

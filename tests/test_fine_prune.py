@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mvp_jax.config import load_config
-from mvp_jax.runner import RunError, fine_prune
+from mvp_jax.training.runner import RunError, fine_prune
 
 pytestmark = pytest.mark.slow
 
@@ -135,8 +135,9 @@ def check_run(d, results, method, shared_data, shape):
 def test_random_control_keeps_the_scores_drawn_at_the_start(runs):
     """The random control's fixed scores are in the checkpoint, as drawn at step 0 (never
     updated), and the export is Top-v of them."""
-    from mvp_jax import masking, tree
-    from mvp_jax.rundir import read_checkpoint
+    from mvp_jax import tree
+    from mvp_jax.pruning import masking
+    from mvp_jax.training.rundir import read_checkpoint
 
     saved = read_checkpoint(str(runs["random"][0]))
     scores, params = tree.flatten(saved["scores"]), tree.flatten(saved["params"])
@@ -156,7 +157,7 @@ def test_global_topk_keeps_exact_total(tmp_path, shared_data, tiny_bert):
 
 
 def final_params(run_dir):
-    from mvp_jax.rundir import read_checkpoint
+    from mvp_jax.training.rundir import read_checkpoint
 
     return read_checkpoint(str(run_dir), ("params", "scores", "step"))
 
@@ -182,7 +183,7 @@ def test_resume_gives_identical_params(tmp_path, shared_data, tiny_bert):
 
 def test_cli_evaluate_count_export_on_a_run(runs, tmp_path, capsys):
     from mvp_jax.cli import main
-    from mvp_jax.compressed import load_compressed
+    from mvp_jax.export.compressed import load_compressed
 
     d, results = runs["topk"]
     assert main(["evaluate", str(d)]) == 0

@@ -14,7 +14,11 @@ import torch
 from _helpers_models import tiny_config
 
 from mvp_jax.config import ConfigError, DistillConfig, PruneConfig, load_config
-from mvp_jax.distill import (
+from mvp_jax.errors import UserError
+from mvp_jax.models import build_module, load_pretrained
+from mvp_jax.models.bert import attention_scores_of
+from mvp_jax.pruning.pruner import Pruner
+from mvp_jax.training.distill import (
     LAYER_MAPS,
     attention_kl,
     check_layer_distillation,
@@ -23,11 +27,8 @@ from mvp_jax.distill import (
     layer_distillation,
     uniform_map,
 )
-from mvp_jax.errors import UserError
-from mvp_jax.models import build_module, load_pretrained
-from mvp_jax.models.bert import attention_scores_of
-from mvp_jax.optim import make_optimizer
-from mvp_jax.train import init_state, make_train_step
+from mvp_jax.training.optim import make_optimizer
+from mvp_jax.training.train import init_state, make_train_step
 
 NEG = np.finfo(np.float32).min
 
@@ -263,8 +264,9 @@ def step_for(models, teacher, distill, freeze_embeddings=True):
     opt = make_optimizer(learning_rate=1e-3, total_steps=10, weight_decay=0.0,
                          freeze_embeddings=freeze_embeddings)
     state = init_state(student.params, {}, opt, seed=0)
-    step = make_train_step(student.module, "classification", PruneConfig(method="none"), opt,
-                           total_steps=10, teacher=models[teacher][1].module, distill=distill)
+    dense = Pruner.from_config(PruneConfig(method="none"), student.module, total_steps=10)
+    step = make_train_step(student.module, "classification", dense, opt,
+                           teacher=models[teacher][1].module, distill=distill)
     return step, state, models[teacher][1].params
 
 
@@ -443,9 +445,8 @@ def test_unfit_teacher_is_one_line(teacher, distill, match):
     check_layer_distillation(student, spec(**teacher), DistillConfig())
     with pytest.raises(UserError, match=match):
         make_train_step(build_module(tiny_config(), "classification", 2), "classification",
-                        PruneConfig(method="none"), make_optimizer(learning_rate=1e-3,
-                                                                   total_steps=2),
-                        total_steps=2, teacher=build_module(tiny_config(**teacher),
+                        Pruner.from_config(PruneConfig(method="none"), total_steps=2),
+                        make_optimizer(learning_rate=1e-3, total_steps=2), teacher=build_module(tiny_config(**teacher),
                                                             "classification", 2),
                         distill=DistillConfig(**distill))
     # a deeper teacher is fine under uniform and dynamic, a shallower one under dynamic
@@ -461,8 +462,8 @@ def test_run_refuses_an_unfit_teacher_before_writing(tmp_path, shared_data):
     MiniLM with alpha_hidden > 0 is a RunError naming the teacher."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from mvp_jax.rundir import RunError
-    from mvp_jax.runner import load_setup
+    from mvp_jax.training.rundir import RunError
+    from mvp_jax.training.runner import load_setup
 
     cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=6, num_attention_heads=2,
                      intermediate_size=37, num_labels=2)

@@ -111,3 +111,79 @@ def test_module_imports_are_resolved(module):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             if node.module.split(".")[0] == "mvp_jax":
                 assert node.module in modules, f"{module}: from {node.module} import ..."
+
+
+def package_of(module: str) -> str:
+    """The subpackage a module belongs to (``mvp_jax.pruning`` for ``mvp_jax.pruning.masking``);
+    a top-level module (``mvp_jax.config``) is its own."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The import graph with every subpackage collapsed to one node."""
+    out: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        node = package_of(module)
+        out.setdefault(node, set()).update(package_of(t) for t in targets if package_of(t) != node)
+    return out
+
+
+def private_reaches(root: pathlib.Path = PACKAGE) -> list[str]:
+    """``module: name`` for every private name (``_x``, not dunder) that a module takes from a
+    module of another package: by ``from m import _x``, or as ``alias._x`` where ``alias`` is a
+    module of the package it imported."""
+    modules = _modules(root)
+    found = []
+    for name, path in modules.items():
+        aliases: dict[str, str] = {}
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in modules:
+                for alias in node.names:
+                    source = f"{node.module}.{alias.name}"
+                    if source in modules:
+                        aliases[alias.asname or alias.name] = source
+                    elif _private(alias.name) and package_of(node.module) != package_of(name):
+                        found.append(f"{name}: from {node.module} import {alias.name}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name in modules and alias.asname:
+                        aliases[alias.asname] = alias.name
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and _private(node.attr)
+                    and package_of(aliases[node.value.id]) != package_of(name)):
+                found.append(f"{name}: {aliases[node.value.id]}.{node.attr}")
+    return found
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def test_packages_form_layers():
+    """Collapsed to packages (pruning, training, export, serving, data, models) and top-level
+    modules, the graph still has no cycle: a package never needs one that needs it."""
+    cycle = find_cycle(package_graph(import_graph()))
+    assert cycle is None, "cycle among mvp_jax's packages: " + " -> ".join(cycle)
+
+
+def test_no_module_reaches_into_another_packages_private_names():
+    assert private_reaches() == []
+
+
+def test_private_reach_and_package_cycles_are_seen(tmp_path):
+    pkg = tmp_path / "pkg"
+    for sub in ("a", "b"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a" / "x.py").write_text("def _hidden():\n    pass\nfrom pkg.a.y import _ok\n")
+    (pkg / "a" / "y.py").write_text("_ok = 1\n")
+    (pkg / "b" / "z.py").write_text("from pkg.a.x import _hidden\nfrom pkg.a import y as m\n"
+                                    "v = m._ok\n")
+    assert sorted(private_reaches(pkg)) == ["pkg.b.z: from pkg.a.x import _hidden",
+                                            "pkg.b.z: pkg.a.y._ok"]
+    assert find_cycle(package_graph(import_graph(pkg))) is None
+    (pkg / "a" / "y.py").write_text("import pkg.b.z\n_ok = 1\n")
+    assert find_cycle(package_graph(import_graph(pkg))) == ["pkg.a", "pkg.b", "pkg.a"]

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mvp_jax import binarizers, tree
-from mvp_jax import masking as m
+from mvp_jax import tree
+from mvp_jax.pruning import binarizers
+from mvp_jax.pruning import masking as m
 
 KEY = jax.random.PRNGKey(0)
 

@@ -1,4 +1,4 @@
-"""The method registry (mvp_jax.methods): one class per method, a new method is one class, and
+"""The method registry (mvp_jax.pruning.methods): one class per method, a new method is one class, and
 the functional API on a Flax NNX model."""
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import optax
 import pytest
 from flax import nnx
 
-from mvp_jax import masking, methods, tree
+from mvp_jax import tree
 from mvp_jax.errors import UserError
+from mvp_jax.pruning import masking, methods
+from mvp_jax.pruning.pruner import Pruner
 
 PACKAGE = pathlib.Path(methods.__file__).parent
 
@@ -47,7 +49,7 @@ def test_what_each_method_says_it_is():
 def test_the_registry_imports_no_jax():
     """Config validation reads the registry (tests/test_config.py: reading a config imports no
     JAX); here the registry alone, with every method looked up."""
-    code = ("import sys, mvp_jax.methods as m; [m.get(n) for n in m.NAMES]; "
+    code = ("import sys, mvp_jax.pruning.methods as m; [m.get(n) for n in m.NAMES]; "
             "sys.exit(any(k == 'jax' or k.startswith('jax.') for k in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -189,15 +191,15 @@ def test_nnx_model_fine_pruned_with_movement_through_the_functional_api():
 
 
 def test_random_scores_are_drawn_once_and_never_trained():
-    """The random control's fixed scores ``U`` are drawn at init (``masking.initial_scores``),
+    """The random control's fixed scores ``U`` are drawn at init (``Pruner.initial_scores``),
     frozen in the optimizer (no update, no moments), and the train step draws nothing for them:
     it makes as many random draws as magnitude pruning's (dropout and the step key)."""
     from transformers import BertConfig
 
     from mvp_jax.config import PruneConfig
     from mvp_jax.models import build_module, init_params
-    from mvp_jax.optim import make_optimizer
-    from mvp_jax.train import init_state, make_train_step
+    from mvp_jax.training.optim import make_optimizer
+    from mvp_jax.training.train import init_state, make_train_step
 
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=40)
@@ -212,11 +214,12 @@ def test_random_scores_are_drawn_once_and_never_trained():
     draws = {}
     for name in ("magnitude", "random"):
         prune = PruneConfig(method=name, initial_threshold=0.5, final_threshold=0.3)
-        scores = masking.initial_scores(prune, params)
+        pruner = Pruner.from_config(prune, module, total_steps=10)
+        scores = pruner.initial_scores(params)
         opt = make_optimizer(learning_rate=1e-3, total_steps=10,
                              freeze_scores=not methods.get(name).learns_scores)
         state = init_state(params, scores, opt, seed=0)
-        step = make_train_step(module, "classification", prune, opt, total_steps=10)
+        step = make_train_step(module, "classification", pruner, opt)
         jaxpr = str(jax.make_jaxpr(step)(state, batch))
         draws[name] = jaxpr.count("threefry2x32") + jaxpr.count("random_bits")
         if name == "random":
@@ -233,8 +236,8 @@ def test_random_scores_are_drawn_once_and_never_trained():
             for a, b in zip(jax.tree_util.tree_leaves(new.scores), jax.tree_util.tree_leaves(scores)):
                 np.testing.assert_array_equal(a, b)
             # the same fixed random Top-v as scores drawn on the spot
-            kept = masking.final_masks(prune, new.params, new.scores)
-            drawn = masking.final_masks(prune, new.params, None)
+            kept = pruner.final_masks(new.params, new.scores)
+            drawn = pruner.final_masks(new.params, None)
             for p in kept:
                 np.testing.assert_array_equal(kept[p], drawn[p])
     assert draws["random"] == draws["magnitude"] > 0

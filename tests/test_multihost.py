@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from mvp_jax import sharding
+from mvp_jax.training import sharding
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +61,8 @@ def first_step_loss(shared_data, model):
     import jax.numpy as jnp
 
     from mvp_jax.config import load_config
-    from mvp_jax.runner import _batch_iterator, load_setup
-    from mvp_jax.train import model_inputs, per_example_task_loss
+    from mvp_jax.training.runner import _batch_iterator, load_setup
+    from mvp_jax.training.train import model_inputs, per_example_task_loss
 
     sets = overrides(shared_data, model)
     cfg = load_config(None, [sets[i + 1] for i in range(0, len(sets), 2)])
@@ -129,9 +129,9 @@ def test_checkpoint_without_a_newer_state_field_restores(tmp_path):
     import jax.numpy as jnp
     import orbax.checkpoint as ocp
 
-    from mvp_jax.checkpoint import CheckpointManager
-    from mvp_jax.optim import make_optimizer
-    from mvp_jax.train import init_state
+    from mvp_jax.training.checkpoint import CheckpointManager
+    from mvp_jax.training.optim import make_optimizer
+    from mvp_jax.training.train import init_state
 
     params = {"w": jnp.arange(6.0).reshape(2, 3)}
     optimizer = make_optimizer(learning_rate=1e-3, total_steps=3)

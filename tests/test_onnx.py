@@ -1,4 +1,4 @@
-"""ONNX export (``mvp_jax.onnx_export``, ``mvp-jax export --format onnx``) and ONNX Runtime
+"""ONNX export (``mvp_jax.export.onnx``, ``mvp-jax export --format onnx``) and ONNX Runtime
 prediction: the graph computes the JAX model's outputs for dense, unstructured, head, neuron and
 hybrid models (compact ones with layers that lost every head or every neuron), QA and the other
 architectures; int8 costs at most a point of accuracy on real data; ``mvp-jax predict`` on an ONNX
@@ -17,12 +17,12 @@ import pytest
 from _helpers_models import tiny_config
 from test_own_data import fine_prune_args, one_error_line, reviews, run_cli, write
 
-from mvp_jax.compact import compact_params, layer_sizes
-from mvp_jax.masking import multiply_masks
+from mvp_jax.export.compact import compact_params, layer_sizes
+from mvp_jax.export.onnx import BATCH, SEQUENCE, onnx_model
 from mvp_jax.models import build_module
 from mvp_jax.models.bert import init_params
-from mvp_jax.onnx_export import BATCH, SEQUENCE, onnx_model
-from mvp_jax.structured import to_weight_masks
+from mvp_jax.pruning.masking import multiply_masks
+from mvp_jax.pruning.structured import to_weight_masks
 
 TOL = 1e-4
 
@@ -79,7 +79,7 @@ def unit_masks(params, config, prefix, kinds, seed=0):
 
 def weight_masks(params, seed=0):
     """Random 70%-sparse masks of every prunable kernel (unstructured pruning)."""
-    from mvp_jax.masking import prunable_paths
+    from mvp_jax.pruning.masking import prunable_paths
     from mvp_jax.tree import flatten
 
     rng = np.random.default_rng(seed)
@@ -202,7 +202,7 @@ def hybrid_run(tmp_path_factory, tiny_bert):
 
 
 def test_cli_onnx_export_and_predict_give_the_jax_labels(hybrid_run, tmp_path, capsys):
-    from mvp_jax.predict import load_predictor, predict_texts
+    from mvp_jax.serving.predict import load_predictor, predict_texts
 
     run, texts, _ = hybrid_run
     out = tmp_path / "onnx"
@@ -247,7 +247,7 @@ def test_cli_onnx_export_and_predict_give_the_jax_labels(hybrid_run, tmp_path, c
 def test_int8_accuracy_within_one_point(hybrid_run, tmp_path, capsys):
     """The run's compact model, int8 (ONNX Runtime dynamic quantization): its accuracy on the 64
     labelled reviews is within 1 point of the float model's, in a file under half the size."""
-    from mvp_jax.predict import load_predictor, predict_texts
+    from mvp_jax.serving.predict import load_predictor, predict_texts
 
     run, _, rows = hybrid_run
     texts, gold = [r["text"] for r in rows], [r["label"] for r in rows]
@@ -338,7 +338,7 @@ def test_cli_missing_onnx_runtime_is_one_line(hybrid_run, tmp_path, capsys, monk
 def test_cli_compact_refused_when_no_unit_was_removed(tmp_path, capsys):
     """A model pruned weight by weight (no whole head or neuron): --compact says why not and
     what to use instead, and writes nothing (the same check as for a run, deploy.compacted)."""
-    from mvp_jax.export import export_hf
+    from mvp_jax.export.huggingface import export_hf
 
     config = tiny_config(num_labels=2)
     _, params = random_params(config, "classification")

@@ -318,7 +318,7 @@ CASES = {
 def test_fine_prune_evaluate_export_predict(case, tmp_path, tiny_model, capsys):
     import transformers
 
-    from mvp_jax.predict import run_predict
+    from mvp_jax.serving.predict import run_predict
 
     rows, suffix, keys, kind, method, full, resume = CASES[case]
     train = write(tmp_path / f"train{suffix}", rows)
@@ -380,7 +380,7 @@ def test_fine_prune_evaluate_export_predict(case, tmp_path, tiny_model, capsys):
     cols = text_cols[0] if text_cols else ["text"]
     texts = [r[cols[0]] for r in rows[:12]]
     pairs = [r[cols[1]] for r in rows[:12]] if len(cols) == 2 else None
-    from mvp_jax.predict import load_predictor, predict_texts
+    from mvp_jax.serving.predict import load_predictor, predict_texts
 
     ours = list(predict_texts(load_predictor(model_dir), texts, pairs, batch_size=4))
     theirs = pipeline_outputs(model_dir, texts, pairs, regression=kind == "regression")

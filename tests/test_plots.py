@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mvp_jax import plots
-from mvp_jax.matrices import MATRIX_TYPES
+from mvp_jax.export.matrices import MATRIX_TYPES
 
 PATHS = [f"bert/encoder/layer/{i}/{m}/kernel" for i in range(2)
          for m in ("attention/self/query", "intermediate/dense")]
@@ -166,10 +166,10 @@ def test_cli_count_plot(tmp_path, capsys):
     """`mvp-jax count DIR --plot FILE` on an exported, locally magnitude-pruned MiniLM."""
     import jax
 
-    from mvp_jax import masking
     from mvp_jax.cli import main
-    from mvp_jax.export import export_hf
+    from mvp_jax.export.huggingface import export_hf
     from mvp_jax.models import load_pretrained
+    from mvp_jax.pruning import masking
 
     pre = load_pretrained("minilm-l6", head=None)
     masked = jax.device_get(masking.apply_masks(pre.params, method="magnitude", threshold=0.3))

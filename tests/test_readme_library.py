@@ -24,7 +24,7 @@ def library_blocks() -> list[str]:
 
 @pytest.fixture(scope="module")
 def namespace():
-    from mvp_jax import methods
+    from mvp_jax.pruning import methods
 
     blocks = library_blocks()
     assert len(blocks) == 3
@@ -48,34 +48,35 @@ def batch(n=4, length=12, seed=0):
 
 
 def test_loss_and_gradients_of_the_first_example(namespace):
-    from mvp_jax import masking, tree
+    from mvp_jax import tree
+    from mvp_jax.pruning import masking
 
     ns = namespace
     state = {"params": ns["pre"].params, "scores": ns["scores"]}
     loss, grads = jax.jit(jax.value_and_grad(ns["loss_fn"]))(state, batch(), 1000)
     assert np.isfinite(float(loss))
     # at the end of the schedule 10% of each matrix is kept, and every score has a gradient
-    masks = masking.masks_of(ns["prune"], state["params"], state["scores"], 0.10)
+    masks = ns["pruner"].masks(state["params"], state["scores"], 0.10)
     assert float(masking.remaining_fraction(masks)) == pytest.approx(0.10, abs=1e-4)
     g = tree.flatten(grads["scores"])
     assert len(g) == 36 and all(float(jnp.abs(v).sum()) > 0 for v in g.values())
 
 
 def test_the_new_method_is_registered_and_keeps_the_smallest_weights(namespace):
-    from mvp_jax import masking
     from mvp_jax.config import PruneConfig
+    from mvp_jax.pruning import Pruner, masking
 
     ns = namespace
     prune = PruneConfig(method="smallest", final_threshold=0.5)
-    masks = masking.final_masks(prune, ns["pre"].params, None)
+    masks = Pruner.from_config(prune, ns["pre"].module).final_masks(ns["pre"].params, None)
     path = "bert/encoder/layer/0/intermediate/dense/kernel"
     w = np.abs(np.asarray(masking.prunable_weights(ns["pre"].params)[path]))
     np.testing.assert_array_equal(np.asarray(masks[path]) > 0, w <= np.median(w))
 
 
 def test_the_compact_model_gives_the_masked_models_logits(namespace):
-    from mvp_jax import masking
     from mvp_jax.models import build_module
+    from mvp_jax.pruning import masking
 
     ns = namespace
     heads, sizes = ns["small_config"].layer_num_heads, ns["small_config"].layer_intermediate_sizes

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -36,12 +35,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from mvp_jax import masking, sharding
 from mvp_jax.config import PruneConfig
 from mvp_jax.models import load_pretrained
-from mvp_jax.optim import make_optimizer
-from mvp_jax.schedules import pruning_threshold
-from mvp_jax.train import init_state, jit_train_step, make_train_step
+from mvp_jax.pruning import masking
+from mvp_jax.pruning.pruner import Pruner
+from mvp_jax.training import sharding
+from mvp_jax.training.optim import make_optimizer
+from mvp_jax.training.train import init_state, jit_train_step, make_train_step
 
 torch = pytest.importorskip("torch")
 import torch_reference as ref  # noqa: E402
@@ -205,9 +205,10 @@ def mvp_setup(checkpoint, recipe: dict, scores_np: dict | None, freeze_embedding
         adam_epsilon=r["adam_epsilon"], freeze_embeddings=freeze_embeddings,
         optimizer="reference_adamw")
     state = init_state(params, scores, optimizer, seed=0)
-    step = make_train_step(module, "classification", pruning, optimizer,
-                           total_steps=r["total_steps"], warmup_steps=r["warmup_steps"])
-    return pruning, state, step
+    pruner = Pruner.from_config(pruning, module, total_steps=r["total_steps"],
+                                warmup_steps=r["warmup_steps"])
+    step = make_train_step(module, "classification", pruner, optimizer)
+    return pruner, state, step
 
 
 def initial_scores(name, params) -> dict[str, np.ndarray] | None:
@@ -252,11 +253,9 @@ def run(checkpoint, name):
     train_step = jit_train_step(step, mesh, state, BATCH, compiler_options=FAST)
     put = sharding.batch_sharding(mesh, BATCH, micro=True)
     # the masks mvp-jax's step uses, from its state (the step does not return them)
-    r = {**COMMON, **recipe}
-    step_masks = jax.jit(lambda s: masking.masks_of(
-        pruning, s.params, s.scores, pruning_threshold(
-            pruning, s.step, total_steps=r["total_steps"], warmup_steps=r["warmup_steps"]),
-        rng=mask_key(s.rng) if is_l0 else None, train=True), compiler_options=FAST)
+    step_masks = jax.jit(lambda s: pruning.masks(
+        s.params, s.scores, pruning.threshold(s.step), rng=mask_key(s.rng) if is_l0 else None,
+        train=True), compiler_options=FAST)
 
     order = sorted(masking.prunable_paths(init_params))  # the global Top-v tie-break order
     t_scores = (None if scores_np is None
@@ -288,8 +287,8 @@ def run(checkpoint, name):
             "lock_after": {n: p.detach().numpy().copy()
                            for n, p in lock.model.named_parameters()},
         })
-    final = jax.device_get(jax.jit(partial(masking.final_masks, pruning),
-                                   compiler_options=FAST)(state.params, state.scores))
+    final = jax.device_get(jax.jit(pruning.final_masks, compiler_options=FAST)(
+        state.params, state.scores))
     load_state(lock, jax.device_get(state))
     # the compiled step stays in jit's cache: lowering it again with these arguments is free
     compiled = lambda: train_step.lower(state, sharding.put_batch(batch, put), None)  # noqa: E731

@@ -70,8 +70,8 @@ def fake_run(rp, root, task, method, distill, target, seed, keep, metric, lam=No
 
 
 def test_next_lambda_is_the_library_search(rp):
-    """The sweep's lambda steps are ``mvp_jax.calibration.next_lambda`` (tested there)."""
-    from mvp_jax.calibration import next_lambda
+    """The sweep's lambda steps are ``mvp_jax.pruning.calibration.next_lambda`` (tested there)."""
+    from mvp_jax.pruning.calibration import next_lambda
 
     assert rp.next_lambda([], 0.1, 400.0) == 400.0
     for trials in ([(10.0, 0.2)], [(10.0, 0.4), (1000.0, 0.025)]):
@@ -421,7 +421,7 @@ def test_sweep_resumes_from_committed_run_files(rp, tmp_path, monkeypatch):
     missing, keeps each new run's small files (not its export), and runs the dense teacher
     again when a distilled run needs its export, leaving the committed dense files as they
     were."""
-    import mvp_jax.runner
+    import mvp_jax.training.runner
 
     runs, out = tmp_path / "runs", tmp_path / "out"
     scratch = tmp_path / "scratch"
@@ -446,7 +446,7 @@ def test_sweep_resumes_from_committed_run_files(rp, tmp_path, monkeypatch):
             {"remaining": res["remaining"], "total": res["prunable"], "matrices": {}}))
         (d / "metrics.jsonl").write_text('{"step": 5}\n')
 
-    monkeypatch.setattr(mvp_jax.runner, "fine_prune", fake_fine_prune)
+    monkeypatch.setattr(mvp_jax.training.runner, "fine_prune", fake_fine_prune)
     base = ["--preset", "paper-grid", "--runs-dir", str(runs), "--out", str(out),
             "--resume-existing", "--targets", "0.5,0.1"]
     args = rp.resolve_args(base + ["--methods", "magnitude", "--distill", "no"])

@@ -58,7 +58,7 @@ def cli(*argv, env=None, timeout=600):
 
 
 def saved_params(run_dir):
-    from mvp_jax.rundir import read_checkpoint
+    from mvp_jax.training.rundir import read_checkpoint
 
     return read_checkpoint(str(run_dir), ("step", "params", "scores", "rng"))
 
@@ -114,7 +114,7 @@ def test_overwrite_replaces_a_run_and_keeps_the_users_files(tmp_path, shared_dat
 
 
 def test_export_overwrite_replaces_model_files_only(tmp_path, tiny_model, capsys):
-    from mvp_jax.export import ExportError, export_hf
+    from mvp_jax.export.huggingface import ExportError, export_hf
     from mvp_jax.models import load_pretrained
 
     pre = load_pretrained(str(tiny_model), head="classification", num_labels=2)
@@ -205,7 +205,7 @@ def test_a_run_is_read_back_without_its_optimizer(tmp_path, shared_data, tiny_mo
     params and scores alone (orbax partial restore: no optimizer, no opt_state read), exported,
     and its masks plotted from every checkpoint."""
     from mvp_jax import plots
-    from mvp_jax.rundir import read_checkpoint, restore_run
+    from mvp_jax.training.rundir import read_checkpoint, restore_run
 
     out = tmp_path / "run"
     assert main(run_args(tiny_model, shared_data, out, "--set", "train.max_steps=3",
@@ -296,7 +296,7 @@ def test_a_stale_lock_is_taken_over(tmp_path, shared_data, tiny_model, capsys):
 
 
 def test_run_lock_unit(tmp_path):
-    from mvp_jax.rundir import RunError, RunLock
+    from mvp_jax.training.rundir import RunError, RunLock
 
     with RunLock(str(tmp_path)) as lock:
         assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
@@ -314,7 +314,7 @@ def test_two_processes_racing_for_a_stale_lock_leave_one_owner(tmp_path, monkeyp
     """The loser of the race read the stale lock before the winner took it over; it must not
     remove the winner's live lock (it renames the lock aside, sees it is not the stale one it
     read, puts it back) and refuses to run."""
-    from mvp_jax import rundir
+    from mvp_jax.training import rundir
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

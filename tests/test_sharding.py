@@ -14,14 +14,15 @@ import pytest
 from jax.sharding import PartitionSpec as P
 from transformers import BertConfig
 
-from mvp_jax import binarizers, masking, sharding, tree
+from mvp_jax import tree
 from mvp_jax.config import PruneConfig
-from mvp_jax.evaluation import jit_eval_step, make_eval_step
-from mvp_jax.methods import get as get_method
 from mvp_jax.models import build_module, init_params
-from mvp_jax.optim import make_optimizer
-from mvp_jax.schedules import pruning_threshold
-from mvp_jax.train import init_state, jit_train_step, make_train_step
+from mvp_jax.pruning import binarizers, masking
+from mvp_jax.pruning.pruner import Pruner
+from mvp_jax.training import sharding
+from mvp_jax.training.evaluation import jit_eval_step, make_eval_step
+from mvp_jax.training.optim import make_optimizer
+from mvp_jax.training.train import init_state, jit_train_step, make_train_step
 
 ACCUM, BATCH, SEQ = 2, 8, 16
 # XLA's CPU backend at optimization level 0 compiles ~3x faster; every variant compared here is
@@ -72,31 +73,29 @@ def pruning_of(name, **extra):
     return PruneConfig(**kw)
 
 
-def threshold_at(pruning, step):
-    return pruning_threshold(pruning, step, total_steps=TOTAL_STEPS, warmup_steps=0)
+def threshold_at(pruner, step):
+    return pruner.threshold(step)
 
 
-def masks_at(pruning, params, scores, threshold):
-    return masking.masks_of(pruning, params, scores, threshold, train=True)
+def masks_at(pruner, params, scores, threshold):
+    return pruner.masks(params, scores, threshold, train=True)
 
 
-def selected(pruning, params, scores):
-    return get_method(pruning.method).selection(masking.prunable_weights(params),
-                                                tree.flatten(scores))
+def selected(pruner, params, scores):
+    return pruner.method.selection(masking.prunable_weights(params), tree.flatten(scores))
 
 
 def setup(name, head="classification", **extra):
     module = tiny_module(head)
     params = init_params(module, seed=0)
-    pruning = pruning_of(name, **extra)
+    pruning = Pruner.from_config(pruning_of(name, **extra), module, total_steps=TOTAL_STEPS)
     scores = {}
-    if pruning.method in ("topk", "sigmoied_threshold"):
+    if pruning.method.name in ("topk", "sigmoied_threshold"):
         scores = masking.init_scores(params, "uniform", 1.0, rng=jax.random.PRNGKey(1))
     optimizer = make_optimizer(learning_rate=1e-3, total_steps=10, scores_learning_rate=1e-2,
                                freeze_embeddings=False)
     state = init_state(params, scores, optimizer, seed=0)
-    step = make_train_step(module, "qa" if head == "qa" else "classification", pruning, optimizer,
-                           total_steps=TOTAL_STEPS)
+    step = make_train_step(module, "qa" if head == "qa" else "classification", pruning, optimizer)
     return module, pruning, state, step
 
 

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 from _helpers_models import padded_batch, tiny_config
 
-from mvp_jax.compact import (
+from mvp_jax.errors import UserError
+from mvp_jax.export.compact import (
     compact_params,
     layer_sizes,
     save_compact,
     save_transformers,
     to_transformers,
 )
-from mvp_jax.errors import UserError
-from mvp_jax.masking import multiply_masks, straight_through, topk_mask
 from mvp_jax.models import build_module, load_pretrained, param_shapes
-from mvp_jax.structured import (
+from mvp_jax.pruning.masking import multiply_masks, straight_through, topk_mask
+from mvp_jax.pruning.structured import (
     check_granularity,
     expand,
     init_scores,
@@ -341,8 +341,8 @@ def test_predict_reads_compact_export(tmp_path):
     """``mvp-jax predict``'s loader on a compact export: the masked dense model's probabilities."""
     from _helpers_models import save_tiny_vocab_bert
 
-    from mvp_jax.export import export_hf
-    from mvp_jax.predict import load_predictor, predict_texts
+    from mvp_jax.export.huggingface import export_hf
+    from mvp_jax.serving.predict import load_predictor, predict_texts
 
     src = save_tiny_vocab_bert(tmp_path / "src", head="classification")
     pre = load_pretrained(src, head="classification", num_labels=2)

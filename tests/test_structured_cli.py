@@ -52,7 +52,7 @@ def test_hybrid_run_writes_a_compact_model_that_evaluate_and_predict_read(
     assert json.loads(out)["validation"] == pytest.approx(results["metrics"]["validation"],
                                                           abs=1e-6)
     # predict: the compact model's probabilities are the masked dense model's
-    from mvp_jax.predict import load_predictor, predict_texts
+    from mvp_jax.serving.predict import load_predictor, predict_texts
 
     texts = [r["text"] for r in rows[:6]]
     dense = list(predict_texts(load_predictor(str(run / "export")), texts, None, batch_size=4))

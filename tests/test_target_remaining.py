@@ -1,4 +1,4 @@
-"""``mvp-jax fine-prune --target-remaining v`` (``mvp_jax.target``): a sparsity target for every
+"""``mvp-jax fine-prune --target-remaining v`` (``mvp_jax.training.target``): a sparsity target for every
 method. Top-v methods take it as their final threshold; soft movement and L0 search lambda with
 complete runs kept under DIR/trials, and the closest becomes the run in DIR.
 
@@ -19,7 +19,7 @@ import pytest
 
 from mvp_jax.cli import main
 from mvp_jax.config import load_config, save_config
-from mvp_jax.target import EXIT_TARGET_MISSED, TargetError, fine_prune_to_target
+from mvp_jax.training.target import EXIT_TARGET_MISSED, TargetError, fine_prune_to_target
 
 ROOT = Path(__file__).resolve().parents[1]
 SOFT = ["prune.method=sigmoied_threshold", "prune.initial_threshold=0.0",
@@ -36,7 +36,7 @@ def logistic(lam, scale=0.05, k=2.0):
 
 
 class FakeRun:
-    """``mvp_jax.runner.fine_prune``'s signature and files; remaining = ``curve(lambda)``.
+    """``mvp_jax.training.runner.fine_prune``'s signature and files; remaining = ``curve(lambda)``.
     ``stop_at``: the n-th call (from 1) writes config.yaml and a checkpoint, then stops."""
 
     def __init__(self, curve=logistic, stop_at=None):

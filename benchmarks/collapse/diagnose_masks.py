@@ -21,9 +21,10 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from mvp_jax import masking, tree
+from mvp_jax import tree
 from mvp_jax.config import load_config
-from mvp_jax.runner import load_setup
+from mvp_jax.pruning import masking
+from mvp_jax.training.runner import load_setup
 
 run, step, scale = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 cfg = load_config(os.path.join(run, "config.yaml"))

@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mvp_jax import masking, tree
+from mvp_jax import tree
 from mvp_jax.models import load_pretrained
+from mvp_jax.pruning import masking
 
 raw = ocp.StandardCheckpointer().restore(sys.argv[1])
 pre = load_pretrained("minilm-l6", head="classification", num_labels=2).params

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import optax
 from step_time import Variant, model_config, synthetic_batch
 
-from mvp_jax import masking
-from mvp_jax import sharding as shd
+from mvp_jax.pruning import masking
+from mvp_jax.training import sharding as shd
 from mvp_jax.config import PruneConfig
 from mvp_jax.models import build_module, init_params
-from mvp_jax.optim import make_optimizer
+from mvp_jax.training.optim import make_optimizer
 
 B, L = 32, int(sys.argv[1]) if len(sys.argv) > 1 else 24
 config = model_config("minilm-l6")

@@ -302,7 +302,9 @@ def label_names_of(ds: datasets.Dataset, where: str, column: str) -> tuple[str, 
     return tuple(cl.names) if cl is not None else names
 
 
-def _text(value: Any, where: str, row: int, column: str) -> str:
+def text_cell(value: Any, where: str, row: int, column: str) -> str:
+    """One text cell as a string (numbers read by pandas as numbers included); a missing or
+    non-text cell raises ``DataError`` naming ``where``, the 1-based ``row`` and the ``column``."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not _missing(value):
         return str(value)  # pandas reads a column of numbers as numbers
     if isinstance(value, bool):
@@ -329,7 +331,7 @@ def normalize_split(spec: TaskSpec, ds: datasets.Dataset, split: str) -> dataset
                    + [(label_column, "task.label_column")])
     out: dict[str, list] = {}
     for column in spec.text_keys:
-        out[column] = [_text(v, where, i + 1, column) for i, v in enumerate(ds[column])]
+        out[column] = [text_cell(v, where, i + 1, column) for i, v in enumerate(ds[column])]
     labels = label_cells(ds, label_column)
     if spec.kind == "regression":
         out[spec.label_key] = [label_value(v, where, i + 1, label_column)

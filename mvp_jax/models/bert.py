@@ -8,7 +8,7 @@ transpose of PyTorch's ``nn.Linear.weight``. Nothing here knows about pruning. `
 picks the module from the config's ``model_type``.
 
 Per-layer sizes (a compact model whose pruned heads and FFN neurons were removed,
-``mvp_jax.compact``): the config keys ``layer_num_heads`` and ``layer_intermediate_sizes`` (one
+``mvp_jax.export.compact``): the config keys ``layer_num_heads`` and ``layer_intermediate_sizes`` (one
 entry per layer; absent = ``num_attention_heads`` / ``intermediate_size`` everywhere) give layer
 ``i`` its head count ``n_i`` and FFN width. The head size stays ``d = hidden_size /
 num_attention_heads``, so Q, K, V kernels are ``(hidden, n_i d)`` and the attention output kernel

@@ -97,7 +97,7 @@ def resolve_model_path(name: str | os.PathLike | None = None) -> str:
         ) from e
 
 
-def load_config(path: str):
+def load_model_config(path: str):
     """The ``transformers`` config (``BertConfig``, ``RobertaConfig``, ...) of
     ``path/config.json``; a supported ``model_type`` with absolute positions only."""
     from transformers import CONFIG_MAPPING
@@ -340,14 +340,14 @@ def load_pretrained(
     dtype=jnp.float32,
     seed: int = 0,
 ) -> Pretrained:
-    """Module, float32 params, config and local directory of a checkpoint (``load_config``).
+    """Module, float32 params, config and local directory of a checkpoint (``load_model_config``).
 
     ``head``: None (encoder + pooler), ``"classification"`` (``num_labels`` outputs; 1 means
     regression) or ``"qa"`` (start/end logits). ``dtype`` is the compute dtype. The returned
     config carries ``num_labels`` (and ``problem_type="regression"`` for 1 label).
     """
     path = resolve_model_path(name_or_path)
-    config = load_config(path)
+    config = load_model_config(path)
     if head == "qa":
         num_labels = 2
     try:
@@ -389,7 +389,7 @@ __all__ = [
     "Pretrained",
     "flax_to_hf_state_dict",
     "hf_state_dict_to_flax",
-    "load_config",
+    "load_model_config",
     "load_pretrained",
     "load_tokenizer",
     "match_params",

@@ -10,7 +10,7 @@ from the Flax params (``W * M`` already applied) and the config. It computes wha
     h''  = LN(h' + act(h' W_1 + b_1) W_2 + b_2)        (a layer with 0 neurons: LN(h' + b_2))
 
 Every layer has its own head count and FFN width, read from its kernels' shapes, so a compact
-model (``mvp_jax.compact``: pruned heads and neurons removed) stays small in the graph, layers
+model (``mvp_jax.export.compact``: pruned heads and neurons removed) stays small in the graph, layers
 that lost every head or every neuron included; a model pruned weight by weight is a dense graph
 with zeros. Inputs and outputs are named as Hugging Face's ONNX exports name them:
 ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when the model has more than one token
@@ -186,7 +186,7 @@ def _classify(g: _Graph, last: str, flat: dict, prefix: str) -> str:
 def onnx_model(params: Any, config: Any, head: str | None):
     """The ``onnx.ModelProto`` of ``build_module(config, head)`` with these params (module
     docstring); the caller checks that the params fit the config
-    (``mvp_jax.export.checked_num_labels``)."""
+    (``mvp_jax.export.huggingface.checked_num_labels``)."""
     require_onnx(runtime=False)
     from onnx import TensorProto, helper
 

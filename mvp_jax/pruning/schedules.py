@@ -41,21 +41,3 @@ def threshold_schedule(
 def regularization_lambda(threshold, *, final_lambda: float, final_threshold: float):
     """The penalty weight tied to the threshold: ``lambda = final_lambda * t / final_threshold``."""
     return final_lambda * jnp.asarray(threshold, jnp.float32) / final_threshold
-
-
-def pruning_threshold(prune, step, *, total_steps: int, warmup_steps: int):
-    """The threshold at ``step`` of the ``prune`` config section's cubic schedule; warm-ups are
-    ``prune.initial_warmup`` / ``prune.final_warmup`` times ``warmup_steps``."""
-    return threshold_schedule(
-        step, total_steps=total_steps, warmup_steps=warmup_steps,
-        initial_threshold=float(prune.initial_threshold),
-        final_threshold=float(prune.final_threshold),
-        initial_warmup=prune.initial_warmup, final_warmup=prune.final_warmup)
-
-
-def penalty_weight(prune, threshold):
-    """``lambda`` of the ``prune`` section at ``threshold`` (0 without a regularization)."""
-    if not prune.regularization:
-        return jnp.float32(0.0)
-    return regularization_lambda(threshold, final_lambda=float(prune.final_lambda),
-                                 final_threshold=float(prune.final_threshold))

@@ -267,7 +267,7 @@ def load_run_config(run_dir: str):
 
 def _checkpoints(run_dir: str):
     """A read-only ``CheckpointManager`` of ``run_dir/checkpoints``."""
-    from mvp_jax.checkpoint import CheckpointManager
+    from mvp_jax.training.checkpoint import CheckpointManager
 
     directory = os.path.join(run_dir, "checkpoints")
     if not os.path.isdir(directory):
@@ -294,7 +294,7 @@ def restore_run(run_dir: str, pretrained: bool = False) -> RestoredRun:
     """A run's config, model config and latest checkpoint (``RestoredRun``), without loading its
     data or reading its optimizer state; the pretrained weights only with ``pretrained``."""
     from mvp_jax import data
-    from mvp_jax.models import load_config, load_pretrained, resolve_model_path
+    from mvp_jax.models import load_model_config, load_pretrained, resolve_model_path
 
     run_dir = os.fspath(run_dir)
     cfg = load_run_config(run_dir)
@@ -304,7 +304,7 @@ def restore_run(run_dir: str, pretrained: bool = False) -> RestoredRun:
     if pretrained:
         spec = data.task_from_config(cfg.task)
         pre = load_pretrained(path, head=spec.head, num_labels=spec.num_labels)
-    return RestoredRun(cfg=cfg, model_path=path, model_config=load_config(path),
+    return RestoredRun(cfg=cfg, model_path=path, model_config=load_model_config(path),
                        step=int(saved["step"]), params=saved["params"],
                        scores=saved.get("scores") or {}, pretrained=pre)
 
@@ -313,32 +313,35 @@ def export_run(run_dir: str, output_dir: str, *, compressed: str | None = None,
                overwrite: bool = False, format: str = "hf", compact: bool = False,
                quantize: str | None = None) -> dict:
     """Final masks of the latest checkpoint applied (``W * M``), written by
-    ``mvp_jax.deploy.export_pruned`` (a Hugging Face or ONNX directory, whole or compact) and,
-    with ``compressed``, as a compressed file (``mvp_jax.compressed``); returns a JSON-ready
+    ``mvp_jax.export.deploy.export_pruned`` (a Hugging Face or ONNX directory, whole or compact) and,
+    with ``compressed``, as a compressed file (``mvp_jax.export.compressed``); returns a JSON-ready
     report. Reads the run's config, checkpoint and model config, not the pretrained weights."""
     import jax
 
-    from mvp_jax import compressed as packed
-    from mvp_jax import data, deploy, masking
-    from mvp_jax.evaluation import make_eval_step
-    from mvp_jax.export import check_destination, count_remaining
+    from mvp_jax import data
+    from mvp_jax.export import compressed as packed
+    from mvp_jax.export import deploy
+    from mvp_jax.export.huggingface import check_destination, count_remaining
     from mvp_jax.models import build_module
+    from mvp_jax.pruning.pruner import Pruner
+    from mvp_jax.training.evaluation import make_eval_step
 
     deploy.check_request(format, quantize, compact, compressed)  # refused before the work
     check_destination(os.path.abspath(output_dir), overwrite)
     if compressed:
         packed.check_replaceable(os.path.abspath(compressed), overwrite)
     run = restore_run(run_dir)
-    prune, spec = run.cfg.prune, data.task_from_config(run.cfg.task)
+    spec = data.task_from_config(run.cfg.task)
     # the eval step's W * M, as the run's end computes it: the same bits (XLA's fused product
     # writes +0.0 for a pruned negative weight, the eager one -0.0)
     module = build_module(run.model_config, spec.head, spec.num_labels)
-    masked = jax.device_get(jax.jit(make_eval_step(module, prune).mask)(run.params, run.scores))
+    pruner = Pruner.from_config(run.cfg.prune, module)
+    masked = jax.device_get(jax.jit(make_eval_step(module, pruner).mask)(run.params, run.scores))
     deploy.export_pruned(output_dir, masked, run.model_config, spec.head, format=format,
                          compact=compact, quantize=quantize, tokenizer_path=run.model_path,
                          num_labels=spec.num_labels, label_names=spec.label_names or None,
                          overwrite=overwrite)
-    counts = count_remaining(masked, masking.patterns_of(prune))
+    counts = count_remaining(masked, pruner.patterns)
     report = {"export": output_dir, "format": format, "compact": compact, "quantize": quantize,
               "step": run.step, "remaining_weights": counts["fraction"]}
     if compressed:

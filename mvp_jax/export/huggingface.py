@@ -1,9 +1,9 @@
 """Export a pruned model: Hugging Face directory ("bertarize") and remaining-weight counts
-(``mvp_jax.rundir.export_run`` does both, and the compressed file of ``mvp_jax.compressed``,
+(``mvp_jax.training.rundir.export_run`` does both, and the compressed file of ``mvp_jax.export.compressed``,
 for a run).
 
 All functions take params that are already masked (``W * M`` applied, e.g. by
-``mvp_jax.masking.multiply_masks``); scores play no part here.
+``mvp_jax.pruning.masking.multiply_masks``); scores play no part here.
 """
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ import numpy as np
 
 from mvp_jax import tree
 from mvp_jax.errors import UserError
-
-from . import masking
-from .matrices import tally
-from .models import (
+from mvp_jax.export.matrices import tally
+from mvp_jax.models import (
     HEADS,
     build_module,
     flax_to_hf_state_dict,
     param_shapes,
     resolve_model_path,
 )
-from .models.layout import PRUNABLE, TOKENIZER_FILES, layout_of
+from mvp_jax.models.layout import PRUNABLE, TOKENIZER_FILES, layout_of
+from mvp_jax.pruning import masking
 
 
 class ExportError(UserError):
@@ -163,11 +162,11 @@ def export_hf(
 def export_onnx(out_dir: str | os.PathLike, params: Any, config: Any, head: str | None,
                 quantize: str | None = None, **kwargs) -> str:
     """``export_hf``'s directory (``kwargs``: its ``tokenizer_path``, ``num_labels``,
-    ``overwrite``, ``label_names``) with ``model.onnx`` (``mvp_jax.onnx_export``; int8 matrices
+    ``overwrite``, ``label_names``) with ``model.onnx`` (``mvp_jax.export.onnx``; int8 matrices
     with ``quantize="int8"``) in place of the weights: ``config.json`` (per-layer sizes of a
     compact model kept, ``id2label`` / ``label2id``) and the tokenizer files beside it, for ONNX
     Runtime and ``mvp-jax predict``."""
-    from mvp_jax import onnx_export
+    from mvp_jax.export import onnx as onnx_export
 
     onnx_export.require_onnx(runtime=quantize is not None)
 

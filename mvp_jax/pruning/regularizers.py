@@ -11,8 +11,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from mvp_jax.binarizers import L0_BETA, L0_LEFT, L0_RIGHT
 from mvp_jax.errors import UserError
+from mvp_jax.pruning.binarizers import L0_BETA, L0_LEFT, L0_RIGHT
 
 
 def _mean_over_matrices(fn, scores) -> jax.Array:

@@ -1,7 +1,7 @@
 """Mask primitives, pure functions of arrays: binarizers, straight-through estimator, k-th value.
 
 The bottom layer of pruning: it knows no method, no granularity and no config
-(``mvp_jax.methods`` builds the methods from these, ``mvp_jax.masking`` applies them to params).
+(``mvp_jax.pruning.methods`` builds the methods from these, ``mvp_jax.pruning.masking`` applies them to params).
 
 Notation follows Sanh, Wolf & Rush (2020): a prunable weight ``W`` has importance scores ``S`` of
 the same shape and a mask ``M``; the layer computes ``a = (W * M) x``.

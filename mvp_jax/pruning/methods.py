@@ -3,8 +3,8 @@
 A method says what it is (class attributes, read by config validation, the train step, plots
 and the sweep) and how it masks (pure functions of flat ``{path: array}`` dicts of the prunable
 weights and their scores). Importing this module imports no JAX; the mask functions import
-the primitives of :mod:`mvp_jax.binarizers` when called (the layer below; the policy of
-:mod:`mvp_jax.masking` is the layer above). Adding a method is one class plus one registry line::
+the primitives of :mod:`mvp_jax.pruning.binarizers` when called (the layer below; the policy of
+:mod:`mvp_jax.pruning.masking` is the layer above). Adding a method is one class plus one registry line::
 
     @dataclass(frozen=True)
     class Magnitude(TopV):
@@ -28,7 +28,7 @@ from mvp_jax.errors import UserError
 Flat = dict  # {path: array}
 # What one score (and one mask entry) stands for: a weight, an attention head (its Q, K, V
 # columns and attention-output rows), an FFN neuron (its FFN-in column and FFN-out row), or heads
-# in attention and neurons in the FFN (mvp_jax.structured).
+# in attention and neurons in the FFN (mvp_jax.pruning.structured).
 GRANULARITIES = ("weight", "head", "neuron", "hybrid")
 
 
@@ -79,7 +79,7 @@ class TopV(Method):
     def masks(self, weights, scores, threshold, *, rng=None, train=True, global_topk=False):
         import jax
 
-        from mvp_jax.binarizers import topk_mask
+        from mvp_jax.pruning.binarizers import topk_mask
 
         selected = self.selection(weights, scores)
         if global_topk:
@@ -123,7 +123,7 @@ class Random(TopV):
 
     def draw_scores(self, weights):
         """``U ~ U(0, 1)`` per path, the same for every run (``binarizers.random_scores``)."""
-        from mvp_jax.binarizers import random_scores
+        from mvp_jax.pruning.binarizers import random_scores
 
         return {p: random_scores(w, p) for p, w in weights.items()}
 
@@ -145,12 +145,12 @@ class SoftMovement(Method):
     granularities: ClassVar[tuple[str, ...]] = GRANULARITIES
 
     def masks(self, weights, scores, threshold, *, rng=None, train=True, global_topk=False):
-        from mvp_jax.binarizers import threshold_mask
+        from mvp_jax.pruning.binarizers import threshold_mask
 
         return {p: threshold_mask(scores[p], threshold, sigmoid=True) for p in weights}
 
     def penalty(self, scores):
-        from mvp_jax.regularizers import l1_sigmoid
+        from mvp_jax.pruning.regularizers import l1_sigmoid
 
         return l1_sigmoid(scores)
 
@@ -171,7 +171,7 @@ class L0(Method):
     def masks(self, weights, scores, threshold, *, rng=None, train=True, global_topk=False):
         import jax
 
-        from mvp_jax.binarizers import hard_concrete_mask
+        from mvp_jax.pruning.binarizers import hard_concrete_mask
 
         if train and rng is None:
             raise ValueError("l0 masks: a PRNG key is required when train=True")
@@ -179,7 +179,7 @@ class L0(Method):
         return {p: hard_concrete_mask(scores[p], key, train) for p, key in zip(weights, keys)}
 
     def penalty(self, scores):
-        from mvp_jax.regularizers import expected_l0
+        from mvp_jax.pruning.regularizers import expected_l0
 
         return expected_l0(scores)
 
@@ -188,6 +188,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method(), Magnitude(), Movement(), SoftMovement(), L0(), Random(),
 )}
 NAMES = tuple(REGISTRY)
+# prune.regularization: the penalties the methods need, in registry order
+REGULARIZATIONS = tuple(dict.fromkeys(m.regularization for m in REGISTRY.values() if m.regularization))
 # Methods are named as in the paper's code; these plain names only make "did you mean" hints.
 PLAIN_NAMES = {"dense": "none", "movement": "topk", "soft_movement": "sigmoied_threshold"}
 

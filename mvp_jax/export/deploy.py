@@ -1,5 +1,5 @@
 """One export path for a pruned model: masked params (``W * M``) to a Hugging Face directory or
-an ONNX one, whole or compact (pruned heads and FFN neurons removed, ``mvp_jax.compact``).
+an ONNX one, whole or compact (pruned heads and FFN neurons removed, ``mvp_jax.export.compact``).
 
 The end of a run (``runner``: ``export/`` and, for structured pruning, ``compact/``) and
 ``mvp-jax export`` (``rundir.export_run``, ``export_model_dir``) all write through
@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
-from mvp_jax.compact import compact_params, layer_sizes
-from mvp_jax.export import ExportError, check_destination, export_hf, export_onnx
+from mvp_jax.export.compact import compact_params, layer_sizes
+from mvp_jax.export.huggingface import ExportError, check_destination, export_hf, export_onnx
 
 FORMATS = ("hf", "onnx")
 
@@ -39,7 +39,7 @@ def check_request(format: str, quantize: str | None, compact: bool = False,
         raise ExportError(f"--quantize {quantize} needs --format onnx (ONNX Runtime's int8 "
                           "matrices)")
     if format == "onnx":
-        from mvp_jax import onnx_export
+        from mvp_jax.export import onnx as onnx_export
 
         if quantize is not None and quantize not in onnx_export.QUANTIZE:
             raise ExportError(f"unknown --quantize {quantize!r}; choose one of "
@@ -84,11 +84,11 @@ def export_model_dir(model_dir: str, output_dir: str, *, format: str = "onnx",
     """``export_pruned`` of an exported model directory (e.g. ``RUN/export`` or ``RUN/compact``):
     its weights are already masked; its head, labels (``id2label``) and tokenizer are kept."""
     from mvp_jax.models import load_pretrained
-    from mvp_jax.models.loading import load_config
+    from mvp_jax.models.loading import load_model_config
 
     check_request(format, quantize, compact)
     check_destination(os.path.abspath(output_dir), overwrite)
-    config = load_config(model_dir)
+    config = load_model_config(model_dir)
     head = head_of(config)
     n = int(config.num_labels) if head == "classification" else None
     pre = load_pretrained(model_dir, head=head, **({"num_labels": n} if n else {}))

@@ -1,7 +1,7 @@
 """What one score stands for (pure functions): a weight, an attention head or an FFN neuron.
 
 The one place that decides what a unit is, between the methods (which mask whatever they are
-given) and ``mvp_jax.masking`` (which applies a config's method to params): the prunable kernels
+given) and ``mvp_jax.pruning.masking`` (which applies a config's method to params): the prunable kernels
 (``prunable_paths``), what a method selects from (``selection_inputs``), the initial scores
 (``init_scores``), and weight masks from unit masks (``to_weight_masks``).
 
@@ -23,7 +23,7 @@ Unit scores and unit masks are flat dicts of vectors, keyed by the layer's param
 
 (``prefix`` is what precedes ``encoder/`` in the params: ``bert/`` for ``mvp_jax.models.Bert``;
 each architecture's layer list and matrix paths are in ``mvp_jax.models.layout``).
-Selection is the methods' code (``mvp_jax.methods``) applied to these dicts: ``topk_mask(s[p], v)``
+Selection is the methods' code (``mvp_jax.pruning.methods``) applied to these dicts: ``topk_mask(s[p], v)``
 per unit group (local: ``v`` of each layer's heads, of each layer's neurons) or
 ``topk_mask(s, v)`` over the dict (global), ``threshold_mask``, ``hard_concrete_mask``, magnitude
 pruning of ``unit_magnitudes(...)``. ``v`` is then a fraction of units, not of weights.
@@ -37,7 +37,7 @@ estimator (``dL/dm = dL/dM``) the score gradient of a unit is Eq. (2) summed ove
 Biases are not masked, on purpose. A unit whose mask is 0 has zero output rows (attention
 output rows of a head, FFN-out row of a neuron), so its Q/K/V and FFN-in biases cannot reach the
 layer's output: the masked dense model already equals the model without the unit
-(``mvp_jax.compact``), the unit's gradient is Eq. (2) over its weights only (no bias terms), and
+(``mvp_jax.export.compact``), the unit's gradient is Eq. (2) over its weights only (no bias terms), and
 remaining weights are counted on the kernels, as for ``weight``.
 """
 
@@ -52,9 +52,9 @@ import jax.numpy as jnp
 
 from mvp_jax.choices import SCORE_INITS, UNIT_SCORE_INITS
 from mvp_jax.errors import UserError
-from mvp_jax.methods import GRANULARITIES
 from mvp_jax.models.layout import LAYOUTS, layout_of_path
 from mvp_jax.models.layout import PRUNABLE as DEFAULT_PRUNABLE
+from mvp_jax.pruning.methods import GRANULARITIES
 from mvp_jax.tree import flatten, unflatten
 
 # unit kind -> (unit path below the layer, ((matrix type, axis indexing units), ...)); the

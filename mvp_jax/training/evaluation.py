@@ -9,16 +9,17 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from mvp_jax import masking
-from mvp_jax import sharding as shd
-from mvp_jax.train import model_heads, model_inputs
+from mvp_jax.pruning import masking
+from mvp_jax.pruning.pruner import Pruner
+from mvp_jax.training import sharding as shd
+from mvp_jax.training.train import model_inputs
 
 
 def _model_config(model_dir: str):
     """The config.json of a model directory (or hub name)."""
-    from mvp_jax.models import load_config, resolve_model_path
+    from mvp_jax.models import load_model_config, resolve_model_path
 
-    return load_config(resolve_model_path(model_dir))
+    return load_model_config(resolve_model_path(model_dir))
 
 
 def _labels_of(config) -> tuple[str, ...] | None:
@@ -159,15 +160,14 @@ class EvalStep:
         return EvalStep(jax.jit(self.mask, **kwargs), jax.jit(self.apply, **kwargs))
 
 
-def make_eval_step(module, prune=None) -> EvalStep:
-    """The ``EvalStep`` of ``module`` pruned as the ``prune`` config section says (its final
-    masks, ``masking.final_masks``; None: no pruning), without dropout."""
+def make_eval_step(module, pruner: Pruner | None = None) -> EvalStep:
+    """The ``EvalStep`` of ``module`` pruned as ``pruner`` says (its final masks,
+    ``Pruner.final_masks``; None: no pruning), without dropout."""
 
     def mask(params, scores):
-        if prune is None:
+        if pruner is None:
             return params
-        masks = masking.final_masks(prune, params, scores, model_heads(module))
-        return masking.multiply_masks(params, masks)
+        return masking.multiply_masks(params, pruner.final_masks(params, scores))
 
     def apply(masked, batch):
         return module.apply({"params": masked}, *model_inputs(batch), deterministic=True)

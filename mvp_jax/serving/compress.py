@@ -3,7 +3,7 @@
 From a recipe (model, task, training settings) and a target ``N`` ("N times faster than the
 dense model in ONNX Runtime on this machine, at batch B"):
 
-1. **Budget.** A latency table (``mvp_jax.latency``: what a layer's heads and FFN neurons cost
+1. **Budget.** A latency table (``mvp_jax.serving.latency``: what a layer's heads and FFN neurons cost
    here, cached, or measured on the serving machine with ``mvp-jax latency-table``) turns ``N``
    into a kept fraction of units ``k`` for each precision (float32, int8 matrices); the
    precision whose budget keeps more units is trained for.
@@ -39,9 +39,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mvp_jax import latency
 from mvp_jax.errors import UserError
-from mvp_jax.rundir import write_json
+from mvp_jax.serving import latency
+from mvp_jax.training.rundir import write_json
 
 # the lab's distillation weights (configs/lab/sst2/hybrid_distilled.yaml), used when the recipe
 # names no teacher of its own
@@ -104,7 +104,7 @@ def check_recipe(cfg) -> Any:
 
 def check_destination(path: str, overwrite: bool) -> None:
     """``path`` is absent or empty, or (``overwrite``) holds only what compress writes."""
-    from mvp_jax.export import MODEL_DIR_FILES
+    from mvp_jax.export.huggingface import MODEL_DIR_FILES
 
     if os.path.lexists(path) and not os.path.isdir(path):
         raise CompressError(f"--output-dir {path} exists and is not a directory")
@@ -165,7 +165,7 @@ def run_complete(run_dir: str) -> bool:
 def ensure_run(cfg, run_dir: str, what: str, progress: bool) -> dict:
     """The finished run in ``run_dir``: read when complete, resumed when started, else run."""
     from mvp_jax.config import load_config
-    from mvp_jax.runner import fine_prune
+    from mvp_jax.training.runner import fine_prune
 
     if run_complete(run_dir):
         say(f"{what}: reusing the finished run {run_dir}")
@@ -229,8 +229,8 @@ def padded_length(tokenizer, dev: DevSet, batch_size: int, max_length: int) -> i
 
 def onnx_runner(model_dir: str, threads: int | None, max_seq_length: int):
     """``(run(texts, pairs, batch_size) -> rows, label names)`` of an ONNX directory."""
-    from mvp_jax import onnx_export
-    from mvp_jax.predict import load_predictor, predict_texts
+    from mvp_jax.export import onnx as onnx_export
+    from mvp_jax.serving.predict import load_predictor, predict_texts
 
     predictor = load_predictor(model_dir, max_seq_length=max_seq_length)
     if threads:
@@ -302,9 +302,8 @@ def compress(cfg, target: float, output_dir: str, *, batch_size: int = 32,
              rounds: int = 3, max_timed_examples: int = 1000, overwrite: bool = False,
              progress: bool = True, command: str = "") -> Outcome:
     """Train, verify and deliver a model ``target`` times faster (module docstring)."""
-    from mvp_jax.models import load_config as load_model_config
-    from mvp_jax.models import load_tokenizer, resolve_model_path
-    from mvp_jax.onnx_export import require_onnx, unsupported_reason
+    from mvp_jax.export.onnx import require_onnx, unsupported_reason
+    from mvp_jax.models import load_model_config, load_tokenizer, resolve_model_path
 
     check_options(target, max_drop, batch_size, precision, onnx_threads)
     output_dir = os.path.abspath(output_dir)
@@ -348,8 +347,8 @@ def compress(cfg, target: float, output_dir: str, *, batch_size: int = 32,
                                              f"{config_hash(s_cfg)}")
         student = ensure_run(s_cfg, student_dir, "student", progress)
 
-    from mvp_jax.deploy import export_model_dir
-    from mvp_jax.rundir import export_run
+    from mvp_jax.export.deploy import export_model_dir
+    from mvp_jax.training.rundir import export_run
 
     say("exporting ONNX: dense float32, compact float32 and int8")
     dense_onnx = os.path.join(teacher_dir, "onnx-float32")
@@ -438,17 +437,17 @@ def _points(drop: float) -> str:
 
 
 def _layer_sizes(model_dir: str) -> tuple[list[int], list[int]]:
-    from mvp_jax.compact import layer_sizes
-    from mvp_jax.models import load_config
+    from mvp_jax.export.compact import layer_sizes
+    from mvp_jax.models import load_model_config
 
-    return layer_sizes(load_config(model_dir))
+    return layer_sizes(load_model_config(model_dir))
 
 
 def deliver(output_dir: str, model_dir: str, report: dict, overwrite: bool) -> None:
     """Copy the chosen ONNX directory with ``README.md`` and ``compress.json`` to
     ``output_dir``, atomically (a temporary directory renamed into place by
     ``export.replace_directory``, as every model directory is written)."""
-    from mvp_jax.export import replace_directory
+    from mvp_jax.export.huggingface import replace_directory
 
     check_destination(output_dir, overwrite)
     parent = os.path.dirname(output_dir)
@@ -500,7 +499,7 @@ Measured: {report['summary']}.
 - Timed on {mach.get('cpu')} ({mach.get('cores')} cores), ONNX Runtime {report['onnxruntime']}
   with {threads} intra-op threads, on {report['date']}: the dev set's texts
   sorted by length and batched, the models alternating, the median of the passes.
-- Command: `{report['command'] or 'mvp_jax.compress.compress(...)'}`
+- Command: `{report['command'] or 'mvp_jax.serving.compress.compress(...)'}`
 
 ## Use
 

@@ -63,16 +63,16 @@ class Predictor:
 def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None = None,
                    dtype=None) -> Predictor:
     """Load a classification or regression model (a model or run directory,
-    ``mvp_jax.rundir.locate``) for ``predict_texts``.
+    ``mvp_jax.training.rundir.locate``) for ``predict_texts``.
 
     ``max_seq_length``: texts are truncated to it; default the run's ``task.max_seq_length``,
     else the model's position embeddings (at most 512), so that texts are cut only where the
     model cannot read further."""
     import jax
 
-    from mvp_jax.evaluation import model_kind
-    from mvp_jax.models import load_config, load_pretrained, load_tokenizer
-    from mvp_jax.rundir import locate
+    from mvp_jax.models import load_model_config, load_pretrained, load_tokenizer
+    from mvp_jax.training.evaluation import model_kind
+    from mvp_jax.training.rundir import locate
 
     found = locate(model_or_run)
     model_dir, run_cfg = found.model_dir, found.cfg
@@ -80,7 +80,7 @@ def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None =
     if kind == "qa":
         raise PredictError(f"{model_dir} is a question-answering model; predict labels texts "
                            f"with classification and regression models")
-    config = load_config(model_dir)
+    config = load_model_config(model_dir)
     archs = list(config.architectures or ())
     if archs and not any(a.endswith("ForSequenceClassification") for a in archs):
         raise PredictError(f"{model_dir} has no classification or regression head "
@@ -89,8 +89,8 @@ def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None =
     n = int(config.num_labels)
     names = () if kind == "regression" else tuple(  # the model's id2label, as transformers names
         str(config.id2label.get(i, config.id2label.get(str(i), f"LABEL_{i}"))) for i in range(n))
+    from mvp_jax.export.onnx import inference_session, is_onnx_dir, session_apply
     from mvp_jax.models.bert import BertSpec
-    from mvp_jax.onnx_export import inference_session, is_onnx_dir, session_apply
 
     longest = BertSpec.from_config(config).max_length  # the longest input its positions cover
     limit = min(longest, 512)
@@ -226,7 +226,7 @@ def read_texts(path: str | os.PathLike, columns: Sequence[str] | None
     training data): one column, or two for pairs (``None``: the file's only column, else
     ``text``). A missing column, an empty text or an empty file is a ``DataError`` naming the
     file, row and column."""
-    from mvp_jax.data.custom import _text, read_data_file
+    from mvp_jax.data.custom import read_data_file, text_cell
     from mvp_jax.data.tasks import DataError
 
     ds = read_data_file(path)
@@ -238,7 +238,7 @@ def read_texts(path: str | os.PathLike, columns: Sequence[str] | None
         if c not in ds.column_names:
             raise DataError(f"{path}: no column {c!r} (--text-column); its columns are: "
                             f"{', '.join(ds.column_names)}")
-    cols = [[_text(v, str(path), i + 1, c) for i, v in enumerate(ds[c])] for c in columns]
+    cols = [[text_cell(v, str(path), i + 1, c) for i, v in enumerate(ds[c])] for c in columns]
     return cols[0], (cols[1] if len(cols) == 2 else None)
 
 
@@ -319,7 +319,7 @@ def run_predict(model: str, *, texts: Sequence[str] | None = None, file: str | N
         if text_columns:
             raise PredictError("--text-column applies to --file")
         _check_texts(texts, "--text")
-    from mvp_jax.rundir import locate
+    from mvp_jax.training.rundir import locate
 
     run_cfg = locate(model).cfg  # the model itself is loaded after the inputs are read
     if file is not None:

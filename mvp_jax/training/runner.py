@@ -10,14 +10,14 @@ A run directory holds::
     counts.json         remaining weights per prunable matrix and in total
     eval_results.json   final metrics and remaining weights -- written last: its presence
                         means the run is complete
-    run.lock            while a process runs in it (``mvp_jax.rundir``)
+    run.lock            while a process runs in it (``mvp_jax.training.rundir``)
 
 ``--overwrite`` deletes these entries by name and nothing else. A run killed at any moment
 resumes (``--resume``) from its last complete checkpoint to the params of an uninterrupted run.
 A step whose loss or gradient norm is not finite stops the run (``NonFiniteLoss``) with its
 earlier checkpoints kept.
 
-The run uses every device on a ``("data", "model")`` mesh (``cfg.mesh``, see ``mvp_jax.sharding``):
+The run uses every device on a ``("data", "model")`` mesh (``cfg.mesh``, see ``mvp_jax.training.sharding``):
 the state is placed in the layout of the partition rules, every batch is split on ``"data"``.
 Started as several processes (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
 ``JAX_PROCESS_ID``, or ``MVP_JAX_DISTRIBUTED=1`` under a launcher), each process feeds only its
@@ -40,16 +40,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mvp_jax import choices, masking
-from mvp_jax import sharding as shd
-from mvp_jax.checkpoint import CheckpointManager
-from mvp_jax.distill import check_layer_distillation, permute_classifier, teacher_label_permutation
+from mvp_jax import choices
 from mvp_jax.errors import UserError
-from mvp_jax.evaluation import evaluate_splits, jit_eval_step, make_eval_step
-from mvp_jax.hooks import pause_for_test
-from mvp_jax.methods import learns_scores
-from mvp_jax.optim import make_optimizer
-from mvp_jax.rundir import (
+from mvp_jax.pruning.pruner import Pruner
+from mvp_jax.training import sharding as shd
+from mvp_jax.training.checkpoint import CheckpointManager
+from mvp_jax.training.distill import (
+    check_layer_distillation,
+    permute_classifier,
+    teacher_label_permutation,
+)
+from mvp_jax.training.evaluation import evaluate_splits, jit_eval_step, make_eval_step
+from mvp_jax.training.hooks import pause_for_test
+from mvp_jax.training.optim import make_optimizer
+from mvp_jax.training.rundir import (
     RunError,
     RunLock,
     prepare_output_dir,
@@ -57,7 +61,7 @@ from mvp_jax.rundir import (
     write_json,
     write_text,
 )
-from mvp_jax.train import init_state, jit_train_step, make_train_step, model_heads
+from mvp_jax.training.train import init_state, jit_train_step, make_train_step
 
 DTYPES = {name: getattr(jnp, name) for name in choices.DTYPES}  # model.dtype -> jnp dtype
 
@@ -109,8 +113,13 @@ def load_setup(cfg) -> Setup:
     classification data the class names read from the training split are stored in
     ``setup.cfg.task.labels``, so the run's config.yaml keeps them."""
     from mvp_jax import data
-    from mvp_jax.models import layout_of, load_pretrained, load_tokenizer, resolve_model_path
-    from mvp_jax.models import load_config as load_model_config
+    from mvp_jax.models import (
+        layout_of,
+        load_model_config,
+        load_pretrained,
+        load_tokenizer,
+        resolve_model_path,
+    )
 
     spec = data.task_from_config(cfg.task)
     if spec.source is not None and spec.label_names and cfg.task.labels is None:
@@ -261,15 +270,15 @@ def _fine_prune_locked(cfg, setup: Setup, mesh, output_dir: str, resuming: bool,
     """The run once its directory is checked and locked."""
     primary = shd.is_primary()
     t = cfg.train
-    prune = cfg.prune
-    scores = masking.initial_scores(prune, setup.params, jax.random.PRNGKey(t.seed + 1),
-                                    num_heads=model_heads(setup.module))
+    pruner = Pruner.from_config(cfg.prune, setup.module, total_steps=setup.total_steps,
+                                warmup_steps=t.warmup_steps)
+    scores = pruner.initial_scores(setup.params, jax.random.PRNGKey(t.seed + 1))
     optimizer = make_optimizer(
         learning_rate=t.learning_rate, scores_learning_rate=t.scores_learning_rate,
         total_steps=setup.total_steps, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm, adam_epsilon=t.adam_epsilon,
         freeze_embeddings=t.freeze_embeddings, optimizer=t.optimizer,
-        freeze_scores=not learns_scores(prune.method))
+        freeze_scores=not pruner.method.learns_scores)
     state = init_state(setup.params, scores, optimizer, t.seed, rng_impl=t.rng_impl)
     state = shd.place(state, shd.tree_shardings(state, mesh))
     ckpt = CheckpointManager(os.path.join(output_dir, "checkpoints"), keep=t.keep_checkpoints)
@@ -284,14 +293,13 @@ def _fine_prune_locked(cfg, setup: Setup, mesh, output_dir: str, resuming: bool,
         teacher_params = shd.place(teacher_params, shd.tree_shardings(teacher_params, mesh))
     eval_bs = t.eval_batch_size or t.batch_size
     train_step = jit_train_step(
-        make_train_step(setup.module, setup.task.spec.kind, prune, optimizer,
-                        total_steps=setup.total_steps, warmup_steps=t.warmup_steps,
+        make_train_step(setup.module, setup.task.spec.kind, pruner, optimizer,
                         teacher=teacher_module, distill=cfg.distill),
         mesh, state, t.batch_size, teacher_params)
-    eval_step = jit_eval_step(make_eval_step(setup.module, prune), mesh, state.params,
+    eval_step = jit_eval_step(make_eval_step(setup.module, pruner), mesh, state.params,
                               state.scores, eval_bs)
-    run = _Run(setup, mesh, train_step, eval_step, teacher_params, ckpt, output_dir, eval_bs,
-               primary, serialize=shd.needs_serial_dispatch(mesh))
+    run = _Run(setup, pruner, mesh, train_step, eval_step, teacher_params, ckpt, output_dir,
+               eval_bs, primary, serialize=shd.needs_serial_dispatch(mesh))
     try:
         results = _loop(run, state, progress=progress, stop_at_step=stop_at_step)
     finally:
@@ -303,6 +311,7 @@ def _fine_prune_locked(cfg, setup: Setup, mesh, output_dir: str, resuming: bool,
 @dataclass
 class _Run:
     setup: Setup
+    pruner: Pruner
     mesh: Any
     train_step: Any
     eval_step: Any
@@ -488,8 +497,8 @@ def _finish(run: _Run, state, fh, writer) -> dict:
     The final masks are computed once, in the eval step's compiled program (``W * M`` kept in
     the params' layout): the last evaluation scores that product and the export writes it, bit
     for bit the product that ``mvp-jax export`` computes from the checkpoint (``export_run``)."""
-    from mvp_jax.deploy import export_pruned
-    from mvp_jax.export import count_remaining
+    from mvp_jax.export.deploy import export_pruned
+    from mvp_jax.export.huggingface import count_remaining
 
     setup, output_dir = run.setup, run.output_dir
     masked = jax.block_until_ready(run.eval_step.mask(state.params, state.scores))
@@ -497,12 +506,11 @@ def _finish(run: _Run, state, fh, writer) -> dict:
     if jax.process_count() > 1:  # whole on every process
         masked = jax.jit(lambda t: t, out_shardings=shd.replicated(run.mesh))(masked)
     masked = jax.device_get(masked)
-    prune = setup.cfg.prune
-    counts = count_remaining(masked, masking.patterns_of(prune))
+    counts = count_remaining(masked, run.pruner.patterns)
     step = int(jax.device_get(state.step))
     spec = setup.task.spec
     results = {
-        "task": spec.name, "method": prune.method, "step": step,
+        "task": spec.name, "method": run.pruner.method.name, "step": step,
         "remaining_weights": counts["fraction"],
         "remaining": counts["remaining"], "prunable": counts["total"],
         "main_metric": spec.main_metric, "metrics": evals,
@@ -514,7 +522,7 @@ def _finish(run: _Run, state, fh, writer) -> dict:
                          label_names=spec.label_names or None, overwrite=True)
     export_pruned(os.path.join(output_dir, "export"), masked, setup.model_config, setup.head,
                   **export_kwargs)
-    if prune.granularity != "weight":  # the pruned heads and neurons removed: a smaller model
+    if run.pruner.structured:  # the pruned heads and neurons removed: a smaller model
         export_pruned(os.path.join(output_dir, "compact"), masked, setup.model_config,
                       setup.head, compact=True, refuse_unchanged=False, **export_kwargs)
     write_json(os.path.join(output_dir, "counts.json"), counts)

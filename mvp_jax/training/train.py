@@ -24,7 +24,7 @@ in between while ``v`` follows its schedule only at recompute steps. With ``N = 
 the exact-count Top-v of ``masking`` on every step. Evaluation and export always use the exact
 final Top-v.
 
-``jit_train_step`` / ``jit_eval_step`` compile the steps for a device mesh (``mvp_jax.sharding``):
+``jit_train_step`` / ``jit_eval_step`` compile the steps for a device mesh (``mvp_jax.training.sharding``):
 state in the layout of the partition rules, batches split on ``"data"``, the state donated.
 Batches may come in a few sequence lengths (length buckets, ``mvp_jax.data.batching``): each
 length compiles once. Evaluation is an ``EvalStep``: ``W * M`` once per evaluation, then the plain
@@ -44,14 +44,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mvp_jax import masking, methods, schedules, structured, tree
-from mvp_jax import sharding as shd
-from mvp_jax.binarizers import keep_count, kth_largest, straight_through
+from mvp_jax import tree
 from mvp_jax.choices import RNG_IMPLS
-from mvp_jax.distill import check_layer_distillation, distillation_loss, layer_distillation
 from mvp_jax.errors import UserError
 from mvp_jax.models.bert import attention_scores_of
-from mvp_jax.optim import Optimizer
+from mvp_jax.pruning import masking, methods, structured
+from mvp_jax.pruning.binarizers import keep_count, kth_largest, straight_through
+from mvp_jax.pruning.pruner import Pruner
+from mvp_jax.training import sharding as shd
+from mvp_jax.training.distill import check_layer_distillation, distillation_loss, layer_distillation
+from mvp_jax.training.optim import Optimizer
 
 PyTree = Any
 
@@ -157,32 +159,21 @@ def apply_with_layers(module, params, inputs, attention: bool, **kwargs):
     return out, hidden, attention_scores_of(sown["intermediates"])
 
 
-def model_heads(module) -> int | None:
-    """The attention heads per layer of a ``mvp_jax.models`` BERT (None for other modules):
-    what head granularity groups the Q, K, V columns by."""
-    spec = getattr(module, "spec", None)
-    return getattr(spec, "num_attention_heads", None)
-
-
-def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_steps: int,
-                    warmup_steps: int = 0, teacher=None, distill=None) -> Callable:
+def make_train_step(module, kind: str, pruner: Pruner, optimizer: Optimizer, *, teacher=None,
+                    distill=None) -> Callable:
     """``train_step(state, batch, teacher_params) -> (state, metrics)``, pure and jit-able.
 
-    ``prune``: the ``prune`` config section (``config.PruneConfig``), its ``method`` a
-    ``mvp_jax.methods`` name; the threshold follows its cubic schedule over ``total_steps``
-    (warm-ups in units of ``warmup_steps``). ``distill``: the ``distill`` section (``alpha_ce``,
+    ``pruner``: the run's ``prune`` section read for ``module``
+    (``Pruner.from_config(prune, module, total_steps=..., warmup_steps=...)``): the threshold
+    and penalty weight at ``state.step``, and the masks. ``distill``: the ``distill`` section (``alpha_ce``,
     ``alpha_distil``, ``temperature``; layer-wise: ``alpha_hidden``, ``alpha_attention``,
-    ``layer_map``, ``mvp_jax.distill``), used with a ``teacher``. The loss is then
+    ``layer_map``, ``mvp_jax.training.distill``), used with a ``teacher``. The loss is then
     ``alpha_ce task + alpha_distil distil [+ alpha_hidden hidden] [+ alpha_attention attention]``;
     a layer-wise term with weight 0 is not computed (nor logged): the step is the logits-only one.
     ``batch`` arrays have a leading micro-batch axis ``[accum, B, ...]``; the loss is the
     weighted mean over every real example of the step (``example_weight`` 0 marks padding).
     """
-    method = methods.get(prune.method)
-    num_heads = model_heads(module)
-    selection = masking.selection_of(prune, num_heads)
-    cached_topk = (prune.global_topk and prune.global_topk_frequency > 1
-                   and isinstance(method, methods.TopV))
+    method = pruner.method
     # layer-wise distillation terms in use: (metric name, weight), hidden before attention
     layer_terms = () if teacher is None else tuple(
         (name, float(getattr(distill, key, 0.0)))
@@ -197,8 +188,7 @@ def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_ste
         params, scores = merged["params"], merged["scores"]
         mask_rng, dropout_rng = jax.random.split(rng)
         if method.per_micro_batch:
-            masks = masking.masks_of(prune, params, scores, threshold, rng=mask_rng,
-                                     num_heads=num_heads)
+            masks = pruner.masks(params, scores, threshold, rng=mask_rng)
         else:
             if method.learns_scores:
                 flat_scores = tree.flatten(scores)
@@ -242,19 +232,16 @@ def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_ste
         if method.per_micro_batch or not method.prunes:
             return {}, state.topk_value
         params, scores = jax.lax.stop_gradient((state.params, state.scores))
-        if cached_topk:
-            inputs = structured.selection_inputs(params, selection["patterns"],
-                                                 prune.granularity, num_heads)
-            return cached_global_masks(method, inputs, tree.flatten(scores), threshold,
-                                       state.step, state.topk_value, prune.global_topk_frequency)
-        masks = masking.selection_masks(params, scores, threshold=threshold, train=True,
-                                        **selection)
+        if pruner.cached_topk:
+            return cached_global_masks(method, pruner.selection_inputs(params),
+                                       tree.flatten(scores), threshold, state.step,
+                                       state.topk_value, pruner.global_topk_frequency)
+        masks = pruner.selection_masks(params, scores, threshold, train=True)
         return masks, state.topk_value
 
     def train_step(state: TrainState, batch, teacher_params=None):
-        threshold = schedules.pruning_threshold(prune, state.step, total_steps=total_steps,
-                                                warmup_steps=warmup_steps)
-        lam = schedules.penalty_weight(prune, threshold)
+        threshold = pruner.threshold(state.step)
+        lam = pruner.penalty_weight(threshold)
         # differentiate the trainable leaves only: no gradient is computed for frozen ones
         # (embeddings), which are outside the clipping and grad_norm (optim.Optimizer.split)
         trainable, frozen = optimizer.split({"params": state.params, "scores": state.scores})
@@ -283,8 +270,8 @@ def make_train_step(module, kind: str, prune, optimizer: Optimizer, *, total_ste
         for i, (_, alpha) in enumerate(layer_terms):
             loss = loss + alpha * stats[3 + i]
         reg = jnp.float32(0.0)
-        if method.regularization and prune.regularization:
-            reg, reg_grad = jax.value_and_grad(method.penalty)(state.scores)
+        if pruner.penalized:
+            reg, reg_grad = jax.value_and_grad(pruner.penalty)(state.scores)
             grads["scores"] = jax.tree_util.tree_map(lambda g, r: g + lam * r, grads["scores"],
                                                      reg_grad)
             loss = loss + lam * reg

@@ -33,11 +33,12 @@ from typing import Any, Iterable
 import jax.numpy as jnp
 import numpy as np
 
-from mvp_jax import masking, tree
+from mvp_jax import tree
 from mvp_jax.errors import UserError
-from mvp_jax.export import ExportError, checked_num_labels
+from mvp_jax.export.huggingface import ExportError, checked_num_labels
 from mvp_jax.models import build_module
 from mvp_jax.models.layout import EMBEDDINGS, PRUNABLE
+from mvp_jax.pruning import masking
 
 FORMAT, VERSION = "mvp-jax-compressed", 1
 

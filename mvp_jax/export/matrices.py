@@ -1,7 +1,7 @@
 """Remaining-weight counts tallied per layer and matrix type (names from
 ``mvp_jax.models.layout.MATRIX_TYPES``).
 
-Shared by :func:`mvp_jax.export.format_counts` (text table) and :mod:`mvp_jax.plots` (heatmap).
+Shared by :func:`mvp_jax.export.huggingface.format_counts` (text table) and :mod:`mvp_jax.plots` (heatmap).
 """
 
 from __future__ import annotations

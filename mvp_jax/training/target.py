@@ -4,7 +4,7 @@ The Top-v methods (topk, magnitude, random) keep a fraction by construction: the
 ``prune.final_threshold`` and one ordinary run is made. Soft movement and L0 reach their
 sparsity through the penalty's weight lambda (``prune.final_lambda``), so
 ``fine_prune_to_target`` searches lambda with complete runs (the secant of
-``mvp_jax.calibration.calibrate_lambda``, from the config's ``final_lambda``) and makes the
+``mvp_jax.pruning.calibration.calibrate_lambda``, from the config's ``final_lambda``) and makes the
 closest run the run of the output directory. A method that does not prune has no target.
 
 The directory of a lambda search::
@@ -53,8 +53,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mvp_jax import methods
 from mvp_jax.errors import UserError
+from mvp_jax.pruning import methods
 
 EXIT_TARGET_MISSED = 4
 SEARCH_FILE = "lambda_trials.json"
@@ -261,7 +261,7 @@ def _read_record(output_dir: str) -> dict | None:
 
 def _write_record(output_dir: str, *, target, tolerance, max_trials, status, chosen, trials,
                   config) -> None:
-    from mvp_jax.rundir import write_json
+    from mvp_jax.training.rundir import write_json
 
     write_json(os.path.join(output_dir, SEARCH_FILE), {
         "target_remaining": target, "tolerance": tolerance, "max_trials": max_trials,
@@ -272,7 +272,7 @@ def _write_record(output_dir: str, *, target, tolerance, max_trials, status, cho
 def _check_directory(output_dir: str, record: dict | None, config: dict, *, resume: bool,
                      overwrite: bool) -> None:
     """Refuse, before anything is written, a directory the search may not use."""
-    from mvp_jax.rundir import foreign_entries, holds_run
+    from mvp_jax.training.rundir import foreign_entries, holds_run
 
     if resume and overwrite:
         raise TargetError("--resume and --overwrite exclude each other")
@@ -338,7 +338,7 @@ def place_run(trial_dir: str, output_dir: str) -> bool:
     """Make ``trial_dir``'s run the run of ``output_dir`` (its entries ``RUN_ENTRIES``, nothing
     else of ``output_dir`` is touched); False when it already is. ``eval_results.json`` is
     removed first and copied last: ``output_dir`` holds a complete run or none."""
-    from mvp_jax.rundir import RUN_ENTRIES
+    from mvp_jax.training.rundir import RUN_ENTRIES
 
     final = os.path.join(output_dir, "eval_results.json")
     src_final = os.path.join(trial_dir, "eval_results.json")
@@ -390,7 +390,7 @@ def fine_prune_to_target(cfg, output_dir: str, target: float, *,
     movement and L0: a lambda search (see the module docstring) of at most ``max_trials`` runs
     for this target, stopped at the first within ``tolerance`` (absolute); the closest trial
     becomes the run in ``output_dir`` either way (``TargetResult.on_target`` tells which).
-    ``run``: the function that makes one run, ``mvp_jax.runner.fine_prune``'s signature
+    ``run``: the function that makes one run, ``mvp_jax.training.runner.fine_prune``'s signature
     (tests pass a fake); ``log``: where progress lines and the table go.
     """
     target, max_trials, tolerance = check_request(target, max_trials, tolerance)
@@ -400,7 +400,7 @@ def fine_prune_to_target(cfg, output_dir: str, target: float, *,
         raise TargetError(f"--target-remaining: prune.method {prune.method} does not prune; "
                           "choose a pruning method (e.g. --set prune.method=topk)")
     if run is None:
-        from mvp_jax.runner import fine_prune as run
+        from mvp_jax.training.runner import fine_prune as run
     if kind == "fraction":
         cfg = cfg.replace(prune=prune.replace(final_threshold=target))
         log(f"prune.method {prune.method} keeps a set fraction: --target-remaining {target:g} "
@@ -425,7 +425,7 @@ def fine_prune_to_target(cfg, output_dir: str, target: float, *,
     record = None if overwrite else _read_record(output_dir)
     _check_directory(output_dir, record, config, resume=resume, overwrite=overwrite)
 
-    from mvp_jax.rundir import RunLock, holds_run, remove_run_files
+    from mvp_jax.training.rundir import RunLock, holds_run, remove_run_files
 
     os.makedirs(output_dir, exist_ok=True)
     with RunLock(output_dir):
@@ -466,7 +466,7 @@ def fine_prune_to_target(cfg, output_dir: str, target: float, *,
                 + ("" if row.metric is None else f", {row.metric_name} {row.metric:.4f}"))
             return row.remaining
 
-        from mvp_jax.calibration import calibrate_lambda
+        from mvp_jax.pruning.calibration import calibrate_lambda
 
         if max_trials - mine >= 1:
             calibrate_lambda(run_trial, target, float(prune.final_lambda), tolerance=tolerance,

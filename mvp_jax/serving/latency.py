@@ -241,7 +241,7 @@ def probe_sizes(shape: ModelShape) -> tuple[list[int], list[int]]:
 
 def probe_config(config: Any, heads: int, neurons: int) -> Any:
     """``config`` with every layer at ``heads`` and ``neurons`` and a small vocabulary."""
-    from mvp_jax.compact import with_layer_sizes
+    from mvp_jax.export.compact import with_layer_sizes
     from mvp_jax.models.bert import BertSpec
 
     L = BertSpec.from_config(config).num_hidden_layers
@@ -273,7 +273,7 @@ def random_params(config: Any, num_labels: int = 2, seed: int = 0) -> dict:
 def onnx_bytes(config: Any, precision: str, params: Any | None = None) -> bytes:
     """The serialized ONNX classification model of ``config`` (random weights unless given),
     with int8 matrices for ``precision="int8"``."""
-    from mvp_jax.onnx_export import MODEL_FILE, write_onnx
+    from mvp_jax.export.onnx import MODEL_FILE, write_onnx
 
     check_precision(precision)
     params = random_params(config) if params is None else params
@@ -329,7 +329,7 @@ def measure_tables(config: Any, batch_size: int, seq_length: int,
     """Measure one table per precision on this machine (module docstring): every probe model
     and the dense float32 reference timed side by side on random token ids ``[batch_size,
     seq_length]``."""
-    from mvp_jax.onnx_export import require_onnx
+    from mvp_jax.export.onnx import require_onnx
 
     require_onnx()
     import onnxruntime

@@ -28,15 +28,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mvp_jax.errors import MissingFileError
-from mvp_jax.hooks import pause_for_test
 from mvp_jax.models.loading import CheckpointError
+from mvp_jax.training.hooks import pause_for_test
 
 _INCOMPLETE = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 
 class _Handler(ocp.StandardCheckpointHandler):
     """orbax's standard handler, with the ``save`` test pause while the files are half written
-    (``mvp_jax.hooks.pause_for_test``)."""
+    (``mvp_jax.training.hooks.pause_for_test``)."""
 
     async def async_save(self, directory, *args, **kwargs):
         futures = await super().async_save(directory, *args, **kwargs)

@@ -32,11 +32,11 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from mvp_jax.export import ExportError, export_hf
-from mvp_jax.masking import multiply_masks
+from mvp_jax.export.huggingface import ExportError, export_hf
 from mvp_jax.models.bert import ACTIVATIONS, BertSpec
 from mvp_jax.models.layout import layout_of, layout_of_path
-from mvp_jax.structured import UNITS, layers, members, to_weight_masks
+from mvp_jax.pruning.masking import multiply_masks
+from mvp_jax.pruning.structured import UNITS, layers, members, to_weight_masks
 from mvp_jax.tree import flatten, unflatten
 
 PER_LAYER = ("layer_num_heads", "layer_intermediate_sizes")
@@ -106,7 +106,7 @@ def _masked_flat(params: Any, masks: dict | None) -> dict[str, np.ndarray]:
 
 def compact_params(params: Any, masks: dict | None, config: Any) -> tuple[dict, Any]:
     """``(params, config)`` of the compact model: ``W * M`` with dead heads and neurons removed
-    (module docstring). ``masks``: unit masks (``mvp_jax.structured``), weight masks
+    (module docstring). ``masks``: unit masks (``mvp_jax.pruning.structured``), weight masks
     ``{kernel path: M}``, or None for params that are already masked. Returns nested float32
     params and a ``BertConfig`` with the per-layer sizes; ``build_module(config, ...)`` runs them.
     """
