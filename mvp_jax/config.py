@@ -387,13 +387,13 @@ class PruneConfig(_Section):
         if reg is not None:
             needs = [n for n, x in methods.REGISTRY.items() if x.regularization == reg]
             _require(spec.regularization == reg,
-                     f"prune.regularization {_PENALTY_NAMES.get(reg, reg)} requires "
+                     f"prune.regularization {_PENALTY_NAMES.get(reg, str(reg))} requires "
                      f"prune.method {' or '.join(needs)}, got {m!r}")
         if spec.threshold == "lambda_scale":  # the penalty alone makes the sparsity
             _require(reg == spec.regularization,
                      f"prune.method {m} requires prune.regularization {spec.regularization}, "
                      f"got {'null' if reg is None else repr(reg)} (its sparsity comes from the "
-                     f"{_PENALTY_MEASURES.get(spec.regularization, '')} penalty; use "
+                     f"{_PENALTY_MEASURES.get(spec.regularization or '', '')} penalty; use "
                      f"final_lambda 0 to disable)")
         if reg is None:
             _require(self.final_lambda == 0.0,
@@ -632,8 +632,8 @@ def _check_tree(tree: Mapping[str, Any], where: str | None) -> dict[str, dict[st
                               f"got {_describe(body)}{suffix}")
         for key in body:
             if key not in _KEYS[section]:
-                guess = _suggest_key(section, str(key))
-                hint = f"; did you mean '{guess}'?" if guess else \
+                close = _suggest_key(section, str(key))
+                hint = f"; did you mean '{close}'?" if close else \
                     f" (keys of '{section}': {', '.join(_KEYS[section])})"
                 raise ConfigError(f"unknown config key '{section}.{key}'{hint}{suffix}")
         out[section] = dict(body)
@@ -654,7 +654,8 @@ def config_from_dict(tree: Mapping[str, Any] | None) -> Config:
     if not isinstance(tree, Mapping):
         raise ConfigError(f"a config must be a mapping of sections, got {_describe(tree)}")
     checked = _check_tree(tree, None)
-    return Config(**{name: cls(**checked.get(name, {})) for name, cls in SECTIONS.items()})
+    sections: dict[str, Any] = {name: cls(**checked.get(name, {})) for name, cls in SECTIONS.items()}
+    return Config(**sections)
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

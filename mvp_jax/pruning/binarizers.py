@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import zlib
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import jax
 import jax.numpy as jnp
@@ -67,7 +67,7 @@ def radix_bits() -> int:
 
 def _count_at_least(leaves: Sequence[jax.Array], key) -> jax.Array:
     """``#{x : order_key(x) >= key}`` over every leaf (keys recomputed, never stored), int32."""
-    return sum(jnp.sum(_order_keys(x) >= key, dtype=jnp.int32) for x in leaves)
+    return cast(jax.Array, sum(jnp.sum(_order_keys(x) >= key, dtype=jnp.int32) for x in leaves))
 
 
 def _kth_key_and_count(leaves: Sequence[jax.Array], k, bits: int | None = None):

@@ -9,7 +9,7 @@ config section. The names of the layers below that a user needs are importable f
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +98,6 @@ def multiply_masks(params: PyTree, masks: dict[str, jax.Array]) -> PyTree:
 def remaining_fraction(masks: dict[str, jax.Array]) -> jax.Array:
     """Fraction of prunable weights whose mask is non-zero (the paper's "remaining weights")."""
     if not masks:
-        return jnp.float32(1.0)
+        return jnp.asarray(1.0, jnp.float32)
     kept = sum(jnp.sum(m > 0, dtype=jnp.float32) for m in masks.values())
-    return kept / sum(m.size for m in masks.values())
+    return cast(jax.Array, kept / sum(m.size for m in masks.values()))

@@ -141,13 +141,11 @@ class Pruner:
         Returns:
             A pytree of scores mirroring the selection paths (kernels, or heads and neurons).
         """
-        kwargs = dict(patterns=self.patterns, granularity=self.granularity,
-                      num_heads=self.num_heads)
         if self.method.learns_scores:
             return structured.init_scores(params, self.mask_init, self.mask_scale, rng=rng,
-                                          **kwargs)
-        return tree.unflatten(self.method.draw_scores(
-            structured.selection_inputs(params, **kwargs)))
+                                          patterns=self.patterns, granularity=self.granularity,
+                                          num_heads=self.num_heads)
+        return tree.unflatten(self.method.draw_scores(self.selection_inputs(params)))
 
     def threshold(self, step) -> jax.Array:
         """The threshold at ``step`` (a traced step is fine): the cubic schedule

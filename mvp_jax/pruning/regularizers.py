@@ -7,6 +7,7 @@ Each is a mean over matrices of a per-matrix mean, as the reference code
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ def _mean_over_matrices(fn, scores) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(scores)
     if not leaves:
         raise ValueError("regularizer: the scores pytree is empty")
-    return sum(jnp.mean(fn(s)) for s in leaves) / len(leaves)
+    return cast(jax.Array, sum(jnp.mean(fn(s)) for s in leaves) / len(leaves))
 
 
 def l1_sigmoid(scores) -> jax.Array:

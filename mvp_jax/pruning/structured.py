@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
 import jax
 import jax.numpy as jnp
@@ -179,7 +179,7 @@ def unit_sums(values: dict[str, jax.Array], counts: dict[str, int]) -> dict[str,
     """``{unit path: [sum over each unit's weights of values]}`` for the units of ``counts``
     (``unit_counts``); the transpose of ``expand``. Of ``G * W`` (``G = dL/d(W * M)``) it is the
     summed Eq. (2), of ``W**2`` the squared norms."""
-    return {path: sum(_reduce(values[k], n, axis) for k, axis in members(path))
+    return {path: cast(jax.Array, sum(_reduce(values[k], n, axis) for k, axis in members(path)))
             for path, n in counts.items()}
 
 
@@ -268,7 +268,8 @@ def init_scores(params: Any, init: str = "constant", scale: float = 0.0,
             scores[path] = scale * x / jnp.maximum(rms, 1e-12)
         else:
             bound = scale if init == "uniform" else 1.0 / math.sqrt(x.shape[0])
-            scores[path] = jax.random.uniform(jax.random.fold_in(rng, i), x.shape, jnp.float32,
+            key = cast(jax.Array, rng)  # checked above: uniform and kaiming have a key
+            scores[path] = jax.random.uniform(jax.random.fold_in(key, i), x.shape, jnp.float32,
                                               -bound, bound)
     return unflatten(scores)
 
