@@ -23,12 +23,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from markers import replace_between_markers  # a script: its folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "compress"
 README = ROOT / "README.md"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 FIGURE = ROOT / "docs" / "figures" / "compress_curve.png"
-START, END = "<!-- compress-curve:start -->", "<!-- compress-curve:end -->"
 SMALL_FILES = ("compress.json", "config.yaml", "eval_results.json", "counts.json",
                "metrics.jsonl")
 
@@ -108,23 +109,13 @@ def detail_table(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def replace_between_markers(text: str, body: str, start: str = START, end: str = END) -> str:
-    if start not in text or end not in text:
-        raise SystemExit(f"no {start} ... {end} markers")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{start}\n{body}\n{end}{tail}"
-
-
-DETAIL_START = "<!-- compress-detail:start -->"
-DETAIL_END = "<!-- compress-detail:end -->"
 
 
 def documents(reports: list[dict]) -> dict[Path, str]:
     """README.md and BENCHMARKS.md with their tables written from ``reports``."""
-    return {README: replace_between_markers(README.read_text(), table(reports)),
+    return {README: replace_between_markers(README.read_text(), table(reports), "compress-curve"),
             BENCHMARKS: replace_between_markers(BENCHMARKS.read_text(), detail_table(reports),
-                                                DETAIL_START, DETAIL_END)}
+                                                "compress-detail")}
 
 
 def plot(reports: list[dict], path: Path) -> None:

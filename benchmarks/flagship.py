@@ -13,6 +13,14 @@ remaining encoder weights.
 
 ``--run LABEL=TREE:CONFIG[:SET;SET...]`` (CONFIG relative to TREE); ``--set`` applies to every
 run (e.g. the local data directory, which is added by default).
+
+The README's quick start gives the flagship's result; that paragraph lies between the markers
+``<!-- flagship:start -->`` and ``<!-- flagship:end -->`` and only this script writes it, from the
+committed files of ``results/flagship/`` (``eval_results.json``, ``config.yaml`` and ``run.json``,
+this script's report of the run):
+
+    python benchmarks/flagship.py --readme           # write it
+    python benchmarks/flagship.py --readme --check   # exit 1 if README.md differs
 """
 
 from __future__ import annotations
@@ -28,8 +36,12 @@ import time
 from datetime import date
 from pathlib import Path
 
+from markers import replace_between_markers  # a script: its folder is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT / ".." / "shared" / "data" / "glue" / "SST-2").resolve()
+RESULTS = ROOT / "results" / "flagship"
+README = ROOT / "README.md"
 
 
 def parse_run(text: str) -> dict:
@@ -60,13 +72,48 @@ def summarize(run_dir: Path) -> dict:
             "remaining_weights": results["remaining_weights"]}
 
 
+def quickstart(results: Path = RESULTS) -> str:
+    """The README's quick-start paragraph on the flagship, from its committed files."""
+    evals = json.loads((results / "eval_results.json").read_text())
+    run = json.loads((results / "run.json").read_text())
+    config = (results / "config.yaml").read_text()
+    batch = int(config.split("batch_size:", 1)[1].split()[0])
+    accuracy = evals["metrics"]["validation"]["accuracy"]
+    return (f"It trains {evals['step']} updates of {batch} sentences and ends with "
+            f"**{100 * accuracy:.1f}% SST-2 dev accuracy at {100 * evals['remaining_weights']:.1f}% "
+            f"of the encoder's weights** (the majority class is 50.9%), in "
+            f"{run['wall_s'] / 60:.0f} minutes on one core of a {run['cpus']}-core CPU "
+            f"({run['date']}, code {run['commit']}; its files are in "
+            f"[results/flagship/](results/flagship/)).")
+
+
+def write_readme(check: bool) -> int:
+    text = README.read_text()
+    new = replace_between_markers(text, quickstart(), "flagship")
+    if check:
+        if new != text:
+            print("flagship.py: README.md's flagship paragraph differs from results/flagship/; "
+                  "run python benchmarks/flagship.py --readme", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", action="append", required=True, type=parse_run)
+    ap.add_argument("--run", action="append", type=parse_run)
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="keep the run directories under this folder")
+    ap.add_argument("--readme", action="store_true",
+                    help="write README.md's flagship paragraph from results/flagship/")
+    ap.add_argument("--check", action="store_true", help="with --readme: only compare")
     args = ap.parse_args(argv)
+    if args.readme:
+        return write_readme(args.check)
+    if not args.run:
+        ap.error("give --run LABEL=TREE:CONFIG (or --readme)")
     sets = [f"task.data_dir={DATA}", *args.sets]
     work = args.keep or Path(tempfile.mkdtemp(prefix="flagship-"))
     rows = []
