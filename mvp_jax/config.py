@@ -164,7 +164,13 @@ class _Section:
 
 @dataclass(frozen=True)
 class ModelConfig(_Section):
-    """The pretrained encoder to fine-prune."""
+    """The pretrained encoder to fine-prune.
+
+    Attributes:
+        name: ``minilm-l6`` (the embedded MiniLM), a hub id or a local path.
+        dtype: the compute dtype, ``float32`` or ``bfloat16`` (parameters stay float32).
+        dropout: the dropout rate, in ``[0, 1)``; None: the model config's own.
+    """
 
     SECTION: typing.ClassVar[str] = "model"
 
@@ -187,7 +193,27 @@ _HUB_SPLITS = {"train_split": "train", "validation_split": "validation", "test_s
 @dataclass(frozen=True)
 class TaskConfig(_Section):
     """The end task and its inputs: a built-in task (GLUE, SQuAD) by ``name``, or your own data
-    (files or a hub dataset; ``mvp_jax.data.custom``), which ``name`` then only names."""
+    (files or a hub dataset; ``mvp_jax.data.custom``), which ``name`` then only names.
+
+    Attributes:
+        name: a GLUE task (``sst2``, ``mnli``, ``qqp`` ...) or ``squad``; own data: a name of
+            its own.
+        data_dir: a local GLUE / SQuAD directory; None: the Hugging Face hub.
+        max_seq_length: tokens per example (>= 8); None: the task's default (128 GLUE, 384
+            SQuAD).
+        doc_stride: SQuAD only: the overlap stride of long contexts.
+        train_file, validation_file, test_file: own data in files (``.csv``, ``.tsv``,
+            ``.json``, ``.jsonl``, ``.parquet``; SQuAD-format ``.json`` for ``qa``) ...
+        hub_path: ... or a dataset: a hub id, a local dataset or a ``save_to_disk`` directory.
+        hub_config: the dataset's configuration name.
+        train_split, validation_split, test_split: the dataset's split names (None: leave the
+            split out).
+        kind: own data: ``classification`` (None), ``regression`` or ``qa``.
+        text_columns: own data: one text column, or two for pairs; None: ``text``.
+        label_column: own data: the label column; None: ``label``.
+        labels: own data: the class names in order; None: the training split's labels,
+            sorted (stored in the run).
+    """
 
     SECTION: typing.ClassVar[str] = "task"
 
@@ -318,6 +344,27 @@ class PruneConfig(_Section):
     (:mod:`mvp_jax.pruning.methods`): the fraction of weights kept (topk, magnitude, random), the
     sigmoid threshold tau (sigmoied_threshold), or for l0 only a scale of lambda, which follows
     ``final_lambda * threshold / final_threshold`` as in the reference code.
+
+    Attributes:
+        method: ``none``, ``magnitude``, ``topk`` (movement), ``sigmoied_threshold`` (soft
+            movement), ``l0`` or ``random`` (the control: Top-v of fixed random scores).
+        granularity: what one mask entry removes: ``weight``, ``head`` (an attention head),
+            ``neuron`` (an FFN unit) or ``hybrid`` (heads in attention, neurons in the FFN);
+            the method must support it.
+        global_topk: one Top-v over all prunable matrices (topk, magnitude, random).
+        initial_threshold, final_threshold: the ends of the cubic threshold schedule.
+        initial_warmup: the threshold is held at ``initial_threshold`` for
+            ``initial_warmup * train.warmup_steps`` steps.
+        final_warmup: the threshold is held at ``final_threshold`` for the last
+            ``final_warmup * train.warmup_steps`` steps.
+        mask_init: how learned scores start: ``constant``, ``uniform``, ``kaiming`` or
+            ``magnitude`` (``mvp_jax.pruning.structured.init_scores``).
+        mask_scale: the constant / the uniform half-width / the magnitude scale (ignored by
+            ``kaiming``).
+        regularization: None, ``l1`` (soft movement) or ``l0`` (L0 regularization).
+        final_lambda: the penalty weight at the end of the schedule.
+        patterns: regexes of the prunable kernels; None: the encoder default.
+        global_topk_frequency: recompute the global Top-v threshold every N steps.
     """
 
     SECTION: typing.ClassVar[str] = "prune"
@@ -411,7 +458,33 @@ class PruneConfig(_Section):
 
 @dataclass(frozen=True)
 class TrainConfig(_Section):
-    """Optimization and the training loop."""
+    """Optimization and the training loop.
+
+    Attributes:
+        batch_size: examples per forward pass, all devices together (one update sees
+            ``batch_size * gradient_accumulation_steps``, as in the reference code).
+        epochs: passes over the training data (unless ``max_steps`` is set).
+        max_steps: optimizer steps; None: ``epochs`` times the steps per epoch.
+        learning_rate: of the weights: linear warm-up, then linear decay.
+        scores_learning_rate: of the importance scores, the same schedule shape.
+        warmup_steps: the learning-rate warm-up, also the unit of ``prune.initial_warmup`` /
+            ``prune.final_warmup``.
+        weight_decay: AdamW's weight decay.
+        max_grad_norm: global-norm clipping over weights and scores; 0: no clipping.
+        adam_epsilon: Adam's epsilon.
+        optimizer: ``reference_adamw`` (transformers' AdamW of 2020, as the paper's code) or
+            ``adamw`` (``optax.adamw``).
+        gradient_accumulation_steps: micro-batches per optimizer step.
+        seed: the run's random seed.
+        rng_impl: the dropout / L0 sampling keys: ``threefry`` (the same bits on every backend
+            and mesh), ``rbg`` or ``unsafe_rbg`` (faster on TPU/GPU, backend-dependent bits).
+        freeze_embeddings: whether the embedding modules stay frozen (as in the paper).
+        eval_every: evaluate every N steps; 0: only at the end.
+        save_every: checkpoint every N steps; 0: only at the end.
+        keep_checkpoints: checkpoints kept.
+        eval_batch_size: None: ``batch_size``.
+        log_every: log every N steps.
+    """
 
     SECTION: typing.ClassVar[str] = "train"
 
@@ -462,7 +535,17 @@ class TrainConfig(_Section):
 
 @dataclass(frozen=True)
 class DataConfig(_Section):
-    """Subsampling of the datasets (quick runs, tests) and length-bucketed batches."""
+    """Subsampling of the datasets (quick runs, tests) and length-bucketed batches.
+
+    Attributes:
+        max_train_samples: training examples used; None: all.
+        max_eval_samples: evaluation examples used; None: all.
+        bucket_lengths: strictly increasing sequence lengths; each batch is cut to the
+            smallest that holds its longest sequence (``task.max_seq_length`` is always one);
+            None: every batch padded to ``task.max_seq_length``. Classification and
+            regression only.
+        bucket_mega_batch: steps' worth of examples sorted by length together.
+    """
 
     SECTION: typing.ClassVar[str] = "data"
 
@@ -506,6 +589,15 @@ class DistillConfig(_Section):
     TinyBERT), ``dynamic`` (each teacher layer <- the student layer closest in MSE, matches
     non-decreasing in depth, recomputed every micro-batch, CoFi). The teacher must have the
     student's hidden size, and matched layers the same head count.
+
+    Attributes:
+        teacher: a hub id or local path of a fine-tuned model; None: no teacher.
+        alpha_ce: the task loss's weight.
+        alpha_distil: the logit distillation's weight.
+        temperature: ``T``.
+        alpha_hidden: the hidden-state MSE's weight; 0: off.
+        alpha_attention: the attention KL's weight; 0: off.
+        layer_map: ``identity``, ``uniform`` or ``dynamic``.
     """
 
     SECTION: typing.ClassVar[str] = "distill"
@@ -533,7 +625,12 @@ class DistillConfig(_Section):
 
 @dataclass(frozen=True)
 class MeshConfig(_Section):
-    """Device mesh: data-parallel x model-parallel axes."""
+    """Device mesh: data-parallel x model-parallel axes.
+
+    Attributes:
+        data: the data-parallel axis size; None: all devices / ``model``.
+        model: the model-parallel axis size.
+    """
 
     SECTION: typing.ClassVar[str] = "mesh"
 
@@ -554,7 +651,17 @@ SECTIONS: dict[str, type[_Section]] = {
 
 @dataclass(frozen=True)
 class Config:
-    """A complete, validated run configuration (see the section classes for each key)."""
+    """A complete, validated run configuration (see the section classes for each key).
+
+    Attributes:
+        model: ``ModelConfig``.
+        task: ``TaskConfig``.
+        prune: ``PruneConfig``.
+        train: ``TrainConfig``.
+        data: ``DataConfig``.
+        distill: ``DistillConfig``.
+        mesh: ``MeshConfig``.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -648,7 +755,17 @@ def _merge(base: Mapping[str, Mapping[str, Any]], top: Mapping[str, Mapping[str,
 
 
 def config_from_dict(tree: Mapping[str, Any] | None) -> Config:
-    """Build a validated Config from ``{section: {key: value}}``; missing keys take defaults."""
+    """Build a validated Config from ``{section: {key: value}}``; missing keys take defaults.
+
+    Args:
+        tree: ``{section: {key: value}}`` (as ``config_to_dict`` gives); None: all defaults.
+
+    Returns:
+        The ``Config``.
+
+    Raises:
+        ConfigError: an unknown section or key (with the closest as a hint), or a bad value.
+    """
     if tree is None:
         tree = {}
     if not isinstance(tree, Mapping):
@@ -659,7 +776,14 @@ def config_from_dict(tree: Mapping[str, Any] | None) -> Config:
 
 
 def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
-    """``{section: {key: value}}`` with every key (lists for tuples): plain YAML/JSON data."""
+    """``{section: {key: value}}`` with every key (lists for tuples): plain YAML/JSON data.
+
+    Args:
+        cfg: the config.
+
+    Returns:
+        A new dict; ``config_from_dict`` of it equals ``cfg``.
+    """
     out: dict[str, dict[str, Any]] = {}
     for name in SECTIONS:
         section = getattr(cfg, name)
@@ -700,7 +824,18 @@ def _parse_override(text: str) -> dict[str, dict[str, Any]]:
 
 
 def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
-    """``cfg`` with ``section.key=value`` overrides applied (values read as YAML)."""
+    """``cfg`` with ``section.key=value`` overrides applied (values read as YAML).
+
+    Args:
+        cfg: the config.
+        overrides: ``section.key=value`` strings, applied in order.
+
+    Returns:
+        A new, validated ``Config``.
+
+    Raises:
+        ConfigError: a malformed override, an unknown key, or a bad value.
+    """
     tree = config_to_dict(cfg)
     for text in overrides:
         tree = _merge(tree, _parse_override(text))
@@ -754,6 +889,19 @@ def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = N
 
     Each override is ``section.key=value``; the value is read as YAML (``16``, ``3e-5``,
     ``true``, ``null``, ``[a, b]``). Raises ConfigError for any problem.
+
+    Args:
+        path: a YAML file, a sequence of them merged in order (each with its ``base:``
+            files), or None for the defaults.
+        overrides: ``section.key=value`` strings (one string: one override), applied after
+            the files.
+
+    Returns:
+        The validated ``Config``.
+
+    Raises:
+        ConfigError: an unreadable file, invalid YAML, a ``base:`` cycle, an unknown section
+            or key, a malformed override, or a bad value (naming the files).
     """
     if path is None:
         paths: list = []
@@ -779,13 +927,25 @@ def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None = N
 
 
 def dump_config(cfg: Config) -> str:
-    """The resolved config as YAML text (every key; readable by :func:`load_config`)."""
+    """The resolved config as YAML text (every key; readable by :func:`load_config`).
+
+    Args:
+        cfg: the config.
+
+    Returns:
+        YAML text, with a header comment.
+    """
     header = "# mvp-jax resolved config: every key, after base: files and --set overrides\n"
     return header + yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    """Write the resolved config atomically (temporary file in the same folder + os.replace)."""
+    """Write the resolved config atomically (temporary file in the same folder + os.replace).
+
+    Args:
+        cfg: the config.
+        path: the YAML file to write (its folder is created).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

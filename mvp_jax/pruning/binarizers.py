@@ -58,10 +58,16 @@ def _from_order_key(key: jax.Array) -> jax.Array:
 
 
 def radix_bits() -> int:
-    """Bits decided per counting pass of the k-th value search: 1 on CPU (32 passes of one
-    count: XLA's CPU reductions are compute-bound, so more candidates per pass cost more), 4 on
-    GPU/TPU (8 passes of 15 counts each; passes there are memory-bound, so 4x fewer reads of the
-    scores). Any value in {1, 2, 4, 8} gives the same exact result."""
+    """Bits decided per counting pass of the k-th value search, for the default backend.
+
+    1 on CPU (32 passes of one count: XLA's CPU reductions are compute-bound, so more
+    candidates per pass cost more), 4 on GPU/TPU (8 passes of 15 counts each; passes there are
+    memory-bound, so 4x fewer reads of the scores). Any value in {1, 2, 4, 8} gives the same
+    exact result.
+
+    Returns:
+        1 or 4.
+    """
     return 1 if jax.default_backend() == "cpu" else 4
 
 
@@ -121,6 +127,16 @@ def kth_largest(x: PyTree, k) -> jax.Array:
 
     ``kth_largest(x, k) == jnp.sort(x.ravel())[-k]`` for ``1 <= k <= x.size``, found without
     sorting by bisection over the float32 bit pattern. ``k`` may be traced.
+
+    Args:
+        x: an array, or a pytree of arrays taken together (read as float32).
+        k: the rank, ``1 <= k <= size``; a Python int or a traced integer scalar.
+
+    Returns:
+        The k-th largest value, a float32 scalar.
+
+    Raises:
+        ValueError: an empty pytree.
     """
     leaves = jax.tree_util.tree_leaves(x)
     if not leaves:
@@ -134,12 +150,31 @@ def kth_largest(x: PyTree, k) -> jax.Array:
 
 
 def check_fraction(name: str, value) -> None:
+    """Check that a Python number ``value`` is a fraction of weights kept, in ``(0, 1]``.
+
+    Traced values are not checked.
+
+    Args:
+        name: the value's name in the message.
+        value: the fraction.
+
+    Raises:
+        UserError: a Python number outside ``(0, 1]``.
+    """
     if isinstance(value, (int, float)) and not 0.0 < float(value) <= 1.0:
         raise UserError(f"{name}={value!r} is outside (0, 1]: it is the fraction of weights kept")
 
 
 def keep_count(keep, size: int):
-    """``int(keep * size)`` exactly for a Python number, in float32 for a traced one."""
+    """The number of entries Top-v keeps: ``int(keep * size)``.
+
+    Args:
+        keep: the fraction kept, a Python number (exact) or a traced scalar (in float32).
+        size: the number of entries ranked.
+
+    Returns:
+        A Python int for a Python ``keep``, else an int32 scalar.
+    """
     if isinstance(keep, (int, float)):
         return int(keep * size)
     return jnp.floor(jnp.asarray(keep, jnp.float32) * size).astype(jnp.int32)
@@ -230,8 +265,21 @@ def _threshold_binarize(scores: jax.Array, tau, sigmoid: bool) -> jax.Array:
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def straight_through(binarize: Callable, scores: PyTree, *args):
-    """``binarize(scores, *args)`` forward; backward passes the cotangent to ``scores`` unchanged
-    (Bengio et al. 2013) and none to ``args`` (thresholds, keep fractions)."""
+    """The straight-through estimator: ``binarize(scores, *args)`` forward, identity backward.
+
+    The backward pass hands the cotangent to ``scores`` unchanged, ``dL/dS = dL/dM`` (Bengio
+    et al. 2013; the paper's Eq. 2, with ``dL/dM = dL/d(W * M) * W``), and zeros to ``args``
+    (thresholds, keep counts).
+
+    Args:
+        binarize: ``(scores, *args) -> masks`` of the structure of ``scores``; not
+            differentiated.
+        scores: an array or a pytree of arrays.
+        *args: the binarizer's other arguments.
+
+    Returns:
+        ``binarize(scores, *args)``.
+    """
     return binarize(scores, *args)
 
 
@@ -256,14 +304,40 @@ def topk_mask(scores: PyTree, keep) -> PyTree:
     """``Top_v(S)``: 1 for the ``int(keep * size)`` highest scores, else 0; straight-through.
 
     ``scores`` may be one array (local selection) or a pytree (global: one threshold over all
-    leaves, the count taken over their total size). ``keep`` is the fraction kept, in (0, 1].
+    leaves, the count taken over their total size). Exactly ``int(keep * size)`` entries are
+    kept: ties at the k-th value are broken by position (leaf order, then row-major). The
+    gradient to ``scores`` is the straight-through estimator's (``straight_through``).
+
+    Args:
+        scores: ``S``, an array or a pytree of arrays.
+        keep: the fraction ``v`` kept, in ``(0, 1]``; a Python number or a traced scalar.
+
+    Returns:
+        The masks, of the structure, shapes and dtypes of ``scores``.
+
+    Raises:
+        UserError: a Python ``keep`` outside ``(0, 1]``.
     """
     check_fraction("keep", keep)
     return straight_through(_topk_binarize, scores, keep_count(keep, _tree_size(scores)))
 
 
 def threshold_mask(scores: jax.Array, tau, sigmoid: bool = True) -> jax.Array:
-    """``M = 1[sigmoid(S) > tau]`` (or ``1[S > tau]``) with a 0.5% floor; straight-through."""
+    """``M = 1[sigmoid(S) > tau]`` (or ``1[S > tau]``) with a 0.5% floor; straight-through.
+
+    Soft movement's mask. The floor, as in the reference code: if fewer than
+    ``int(0.005 n) + 1`` of the ``n`` entries pass, the mask keeps instead the scores above the
+    ``(int(0.005 n) + 2)``-th largest. The gradient to ``scores`` is the straight-through
+    estimator's.
+
+    Args:
+        scores: ``S``, an array.
+        tau: the threshold, a Python number or a traced scalar.
+        sigmoid: compare ``sigmoid(S)`` (True) or ``S`` itself (False) with ``tau``.
+
+    Returns:
+        The 0/1 mask, of the shape and dtype of ``scores``.
+    """
     return straight_through(
         partial(_threshold_binarize, sigmoid=sigmoid), scores, jnp.asarray(tau, jnp.float32)
     )
@@ -274,7 +348,15 @@ RANDOM_SCORES_SEED = 0
 
 def random_scores(weight: jax.Array, path: str) -> jax.Array:
     """Fixed scores ``U(0, 1)`` for the random-pruning control: the same for every step and run
-    (drawn from ``PRNGKey(RANDOM_SCORES_SEED)`` folded with the CRC-32 of the matrix's path)."""
+    (drawn from ``PRNGKey(RANDOM_SCORES_SEED)`` folded with the CRC-32 of the matrix's path).
+
+    Args:
+        weight: the matrix scored (only its shape is read).
+        path: the matrix's path, which seeds its scores.
+
+    Returns:
+        float32 scores of ``weight``'s shape.
+    """
     key = jax.random.fold_in(jax.random.PRNGKey(RANDOM_SCORES_SEED),
                              zlib.crc32(path.encode()) & 0x7FFFFFFF)
     return jax.random.uniform(key, weight.shape, jnp.float32)
@@ -285,6 +367,18 @@ def hard_concrete_mask(scores: jax.Array, rng: jax.Array | None, train: bool) ->
 
     Training: ``s = sigmoid((log u - log(1 - u) + S) / beta)``, ``u ~ U(0.0001, 0.9999)``,
     ``beta = 2/3``; gradients flow through this relaxation. Evaluation: ``s = sigmoid(S)``.
+    (Louizos et al. 2017.)
+
+    Args:
+        scores: ``S`` (the log-odds ``log alpha``), an array.
+        rng: PRNG key of the noise ``u``; required when ``train``, ignored otherwise.
+        train: sample the relaxed mask (True) or take the deterministic one (False).
+
+    Returns:
+        Masks in ``[0, 1]`` of the shape of ``scores``.
+
+    Raises:
+        ValueError: ``train`` without ``rng``.
     """
     if train:
         if rng is None:

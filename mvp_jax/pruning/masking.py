@@ -41,8 +41,21 @@ METHODS = methods.NAMES
 
 
 def magnitude_mask(weights: PyTree, keep) -> PyTree:
-    """``Top_v(|W|)`` over an array or a pytree (global): ``methods.Magnitude``'s mask, no
-    gradient through it."""
+    """Magnitude pruning's mask ``Top_v(|W|)`` over an array or a pytree (one global Top-v).
+
+    The mask of ``methods.Magnitude``: 1 on the ``int(keep * n)`` largest ``|W|`` of all ``n``
+    entries together, 0 elsewhere, with no gradient through it.
+
+    Args:
+        weights: an array, or a pytree of arrays ranked together.
+        keep: the fraction ``v`` of entries kept, in ``(0, 1]`` (a Python number or traced).
+
+    Returns:
+        The masks, a pytree of the structure and shapes of ``weights``.
+
+    Raises:
+        UserError: a Python ``keep`` outside ``(0, 1]``.
+    """
     leaves, treedef = jax.tree_util.tree_flatten(weights)
     masks = methods.get("magnitude").masks(dict(enumerate(leaves)), {}, keep, global_topk=True)
     return jax.tree_util.tree_unflatten(treedef, [masks[i] for i in range(len(leaves))])
@@ -61,7 +74,33 @@ def selection_masks(
     granularity: str = "weight",
     num_heads: int | None = None,
 ) -> dict[str, jax.Array]:
-    """``method``'s masks of the selection paths (``selection_inputs``), ``{path: mask}``."""
+    """``method``'s masks of the selection paths (``selection_inputs``), ``{path: mask}``.
+
+    The selection paths are the prunable kernels (``weight``), or one vector per layer of its
+    heads and of its FFN neurons (the other granularities); ``compute_masks`` broadcasts these
+    to the kernels.
+
+    Args:
+        params: the model's parameters, a pytree (the prunable kernels are read from it).
+        scores: the learned or fixed scores, a pytree mirroring the selection paths
+            (``init_scores``); None or empty for the methods that need none.
+        method: a ``mvp_jax.pruning.methods`` name or object.
+        threshold: what ``method.threshold`` says (fraction kept, sigmoid ``tau`` ...); a
+            Python number or a traced scalar.
+        rng: PRNG key of random masks (L0 in training).
+        train: False for deterministic masks (no hard-concrete noise).
+        global_topk: one Top-v over all selection paths instead of one per path.
+        patterns: regexes of the prunable kernel paths (``re.search``).
+        granularity: what one score stands for: ``weight``, ``head``, ``neuron`` or ``hybrid``.
+        num_heads: the model's attention heads per layer (needed by ``head`` and ``hybrid``).
+
+    Returns:
+        ``{selection path: M}``, ``M`` shaped as the path's kernel or unit vector.
+
+    Raises:
+        UserError: an unknown method or granularity, a pattern that matches no parameter,
+            missing scores for a method that learns them, or no ``num_heads`` for heads.
+    """
     m = methods.get(method)
     inputs = selection_inputs(params, patterns, granularity, num_heads)
     flat_scores = tree.flatten(scores) if scores else {}
@@ -75,9 +114,22 @@ def selection_masks(
 
 
 def compute_masks(params: PyTree, scores: PyTree | None, **kwargs) -> dict[str, jax.Array]:
-    """Masks of the prunable kernels, a flat ``{path: mask}`` dict, of ``method`` (a
-    ``mvp_jax.pruning.methods`` name or object); ``threshold`` means what ``method.threshold`` says.
-    Keyword arguments: those of ``selection_masks``."""
+    """Masks of the prunable kernels, a flat ``{path: mask}`` dict, of ``method``.
+
+    The masks of ``selection_masks`` with unit masks (heads, neurons) broadcast to the weights
+    they cover (``to_weight_masks``); ``threshold`` means what ``method.threshold`` says.
+
+    Args:
+        params: the model's parameters, a pytree.
+        scores: the scores, a pytree mirroring the selection paths, or None.
+        **kwargs: those of ``selection_masks`` (``method`` is required).
+
+    Returns:
+        ``{kernel path: M}``, ``M`` shaped as the kernel.
+
+    Raises:
+        UserError: as ``selection_masks``.
+    """
     return to_weight_masks(selection_masks(params, scores, **kwargs), params)
 
 
@@ -85,18 +137,45 @@ def apply_masks(params: PyTree, scores: PyTree | None = None, **mask_kwargs) -> 
     """``params`` with every prunable kernel ``W`` replaced by ``W * M`` (see ``compute_masks``).
 
     A params -> params transform: the model that consumes the result knows nothing of pruning.
+
+    Args:
+        params: the model's parameters, a pytree.
+        scores: the scores, a pytree mirroring the selection paths, or None.
+        **mask_kwargs: those of ``selection_masks`` (``method`` is required).
+
+    Returns:
+        A pytree of the structure of ``params``.
+
+    Raises:
+        UserError: as ``selection_masks``.
     """
     return multiply_masks(params, compute_masks(params, scores, **mask_kwargs))
 
 
 def multiply_masks(params: PyTree, masks: dict[str, jax.Array]) -> PyTree:
-    """``params`` (any pytree) with ``W <- W * masks[path]`` for every path in ``masks``."""
+    """``params`` (any pytree) with ``W <- W * masks[path]`` for every path in ``masks``.
+
+    Args:
+        params: a pytree of arrays.
+        masks: ``{'/'-joined key path: M}``, ``M`` broadcastable to its array (cast to its
+            dtype); the paths not in ``masks`` are left as they are.
+
+    Returns:
+        A pytree of the structure of ``params``.
+    """
     return tree.map_with_path(
         lambda path, w: w * masks[path].astype(w.dtype) if path in masks else w, params)
 
 
 def remaining_fraction(masks: dict[str, jax.Array]) -> jax.Array:
-    """Fraction of prunable weights whose mask is non-zero (the paper's "remaining weights")."""
+    """Fraction of prunable weights whose mask is non-zero (the paper's "remaining weights").
+
+    Args:
+        masks: ``{kernel path: M}`` (``compute_masks``).
+
+    Returns:
+        A float32 scalar, ``sum_paths #{M > 0} / sum_paths size(M)``; 1 without masks.
+    """
     if not masks:
         return jnp.asarray(1.0, jnp.float32)
     kept = sum(jnp.sum(m > 0, dtype=jnp.float32) for m in masks.values())

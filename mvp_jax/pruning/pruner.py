@@ -32,7 +32,14 @@ PyTree = Any
 
 def heads_of(module: Any) -> int | None:
     """The attention heads per layer of a ``mvp_jax.models`` module (None for other modules):
-    what head granularity groups the Q, K, V columns by."""
+    what head granularity groups the Q, K, V columns by.
+
+    Args:
+        module: the model (its ``spec.num_attention_heads`` is read).
+
+    Returns:
+        The head count, or None.
+    """
     return getattr(getattr(module, "spec", None), "num_attention_heads", None)
 
 
@@ -151,7 +158,14 @@ class Pruner:
         """The threshold at ``step`` (a traced step is fine): the cubic schedule
         ``schedules.threshold_schedule`` from ``initial_threshold`` to ``final_threshold`` over
         ``total_steps``, flat for ``initial_warmup * warmup_steps`` steps at the start and
-        ``final_warmup * warmup_steps`` at the end."""
+        ``final_warmup * warmup_steps`` at the end.
+
+        Args:
+            step: the optimizer step, a Python number or a (traced) integer scalar.
+
+        Returns:
+            The threshold, a float32 scalar.
+        """
         return schedules.threshold_schedule(
             step, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
             initial_threshold=self.initial_threshold, final_threshold=self.final_threshold,
@@ -159,28 +173,60 @@ class Pruner:
 
     def penalty_weight(self, threshold) -> jax.Array:
         """``lambda = final_lambda * t / final_threshold`` at threshold ``t`` (0 without a
-        regularization)."""
+        regularization).
+
+        Args:
+            threshold: ``t``, the threshold at the step (``threshold``), maybe traced.
+
+        Returns:
+            ``lambda``, a float32 scalar.
+        """
         if not self.regularization:
             return jax.numpy.float32(0.0)
         return schedules.regularization_lambda(threshold, final_lambda=self.final_lambda,
                                                final_threshold=self.final_threshold)
 
     def penalty(self, scores: PyTree) -> jax.Array:
-        """The method's penalty of ``scores`` (L1 of sigmoids, expected L0), before ``lambda``."""
+        """The method's penalty of ``scores`` (L1 of sigmoids, expected L0), before ``lambda``.
+
+        Args:
+            scores: the learned scores, a pytree (``initial_scores``, then trained).
+
+        Returns:
+            ``R(S)``, a scalar (0 for a method without a penalty).
+        """
         return self.method.penalty(scores)
 
     # -- masks -----------------------------------------------------------------------------
 
     def selection_inputs(self, params: PyTree) -> dict[str, jax.Array]:
         """What one score stands for, ``{selection path: array}`` (kernels, or per-head and
-        per-neuron sums): the inputs of the method's Top-v."""
+        per-neuron sums): the inputs of the method's Top-v.
+
+        Args:
+            params: the model's parameters, a pytree.
+
+        Returns:
+            ``{selection path: array}`` (``structured.selection_inputs``).
+        """
         return structured.selection_inputs(params, self.patterns, self.granularity,
                                            self.num_heads)
 
     def selection_masks(self, params: PyTree, scores: PyTree | None, threshold, *,
                         rng: jax.Array | None = None, train: bool = True) -> dict[str, jax.Array]:
         """The method's masks of the selection paths at ``threshold``, ``{path: M}``
-        (``masking.selection_masks``); ``train`` False: deterministic (no hard-concrete noise)."""
+        (``masking.selection_masks``); ``train`` False: deterministic (no hard-concrete noise).
+
+        Args:
+            params: the model's parameters, a pytree.
+            scores: the scores, a pytree mirroring the selection paths, or None.
+            threshold: the threshold (``threshold(step)``), a Python number or traced.
+            rng: PRNG key of random masks (L0 in training).
+            train: False for deterministic masks.
+
+        Returns:
+            ``{selection path: M}``.
+        """
         return masking.selection_masks(
             params, scores, method=self.method, threshold=threshold, rng=rng, train=train,
             global_topk=self.global_topk, patterns=self.patterns, granularity=self.granularity,
@@ -189,18 +235,45 @@ class Pruner:
     def masks(self, params: PyTree, scores: PyTree | None, threshold, *,
               rng: jax.Array | None = None, train: bool = True) -> dict[str, jax.Array]:
         """The masks of the prunable kernels at ``threshold``, ``{kernel path: M}``, with the
-        method's straight-through gradient to the scores."""
+        method's straight-through gradient to the scores.
+
+        Args:
+            params: the model's parameters, a pytree.
+            scores: the scores, a pytree mirroring the selection paths, or None.
+            threshold: the threshold (``threshold(step)``), a Python number or traced.
+            rng: PRNG key of random masks (L0 in training).
+            train: False for deterministic masks.
+
+        Returns:
+            ``{kernel path: M}``, each ``M`` shaped as its kernel.
+        """
         return structured.to_weight_masks(
             self.selection_masks(params, scores, threshold, rng=rng, train=train), params)
 
     def final_masks(self, params: PyTree, scores: PyTree | None) -> dict[str, jax.Array]:
         """The deterministic masks at ``final_threshold`` (a Python float: exact Top-v counts),
-        as evaluation and export apply them."""
+        as evaluation and export apply them.
+
+        Args:
+            params: the model's parameters, a pytree.
+            scores: the trained scores, or None.
+
+        Returns:
+            ``{kernel path: M}``.
+        """
         return self.masks(params, scores, self.final_threshold, train=False)
 
     def pruned(self, params: PyTree, scores: PyTree | None) -> PyTree:
         """``params`` with every prunable kernel ``W`` replaced by ``W * M`` at the final
-        masks; ``params`` themselves without pruning."""
+        masks; ``params`` themselves without pruning.
+
+        Args:
+            params: the model's parameters, a pytree.
+            scores: the trained scores, or None.
+
+        Returns:
+            A pytree of the structure of ``params``.
+        """
         if not self.prunes:
             return params
         return masking.multiply_masks(params, self.final_masks(params, scores))

@@ -24,19 +24,49 @@ def _mean_over_matrices(fn, scores) -> jax.Array:
 
 
 def l1_sigmoid(scores) -> jax.Array:
-    """Soft movement penalty ``R(S) = mean_matrices mean_ij sigmoid(S_ij)`` (sigmoid >= 0, so L1)."""
+    """Soft movement penalty ``R(S) = mean_matrices mean_ij sigmoid(S_ij)`` (sigmoid >= 0, so L1).
+
+    Args:
+        scores: the learned scores, a non-empty pytree of arrays (one leaf per matrix).
+
+    Returns:
+        ``R(S)``, a scalar.
+
+    Raises:
+        ValueError: an empty pytree.
+    """
     return _mean_over_matrices(jax.nn.sigmoid, scores)
 
 
 def expected_l0(scores) -> jax.Array:
     """Expected L0 of the hard-concrete masks, per matrix ``mean_ij sigmoid(S_ij - beta log(-l/r))``:
-    ``P(mask_ij > 0)`` for ``l=-0.1, r=1.1, beta=2/3`` (Louizos et al. 2017)."""
+    ``P(mask_ij > 0)`` for ``l=-0.1, r=1.1, beta=2/3`` (Louizos et al. 2017).
+
+    Args:
+        scores: the learned scores, a non-empty pytree of arrays (one leaf per matrix).
+
+    Returns:
+        The mean over matrices of the expected fraction of non-zero mask entries, a scalar.
+
+    Raises:
+        ValueError: an empty pytree.
+    """
     shift = L0_BETA * math.log(-L0_LEFT / L0_RIGHT)
     return _mean_over_matrices(lambda s: jax.nn.sigmoid(s - shift), scores)
 
 
 def regularizer(name: str):
-    """The penalty function called ``name`` (``l1`` or ``l0``)."""
+    """The penalty function called ``name`` (``l1`` or ``l0``).
+
+    Args:
+        name: ``l1`` (``l1_sigmoid``) or ``l0`` (``expected_l0``), as ``prune.regularization``.
+
+    Returns:
+        The function ``scores -> R(S)``.
+
+    Raises:
+        UserError: another name.
+    """
     table = {"l1": l1_sigmoid, "l0": expected_l0}
     if name not in table:
         raise UserError(f"unknown regularization {name!r}; choose one of {', '.join(table)}")

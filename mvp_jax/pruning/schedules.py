@@ -25,6 +25,21 @@ def threshold_schedule(
         t(step) = initial_threshold                                    if step <= a
                 = final_threshold                                      if step > total - b
                 = final + (initial - final) * (1 - (step - a) / (total - a - b)) ** 3   else
+
+    For the Top-v methods the threshold is the fraction of weights kept, so the sparsity rises
+    fast at first and slowly near the end (Zhu & Gupta 2018).
+
+    Args:
+        step: the optimizer step, a Python number or a (traced) integer scalar.
+        total_steps: the run's optimizer steps.
+        warmup_steps: the learning-rate warm-up, the unit of the two warm-ups below.
+        initial_threshold: the threshold held during the initial warm-up.
+        final_threshold: the threshold reached at ``total - b`` and held to the end.
+        initial_warmup: the initial warm-up ``a``, in units of ``warmup_steps``.
+        final_warmup: the final warm-up ``b``, in units of ``warmup_steps``.
+
+    Returns:
+        The threshold at ``step``, a float32 scalar.
     """
     step = jnp.asarray(step, jnp.float32)
     start = initial_warmup * warmup_steps
@@ -39,5 +54,16 @@ def threshold_schedule(
 
 
 def regularization_lambda(threshold, *, final_lambda: float, final_threshold: float):
-    """The penalty weight tied to the threshold: ``lambda = final_lambda * t / final_threshold``."""
+    """The penalty weight tied to the threshold: ``lambda = final_lambda * t / final_threshold``.
+
+    So ``lambda`` follows the cubic threshold schedule and reaches ``final_lambda`` with it.
+
+    Args:
+        threshold: the threshold ``t`` at the step (``threshold_schedule``), maybe traced.
+        final_lambda: the penalty weight at ``final_threshold``.
+        final_threshold: the schedule's final threshold (non-zero).
+
+    Returns:
+        ``lambda``, a float32 scalar.
+    """
     return final_lambda * jnp.asarray(threshold, jnp.float32) / final_threshold

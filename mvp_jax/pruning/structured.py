@@ -69,19 +69,43 @@ _LAYER = re.compile("|".join(rf"^(.*{layout.layers}/\d+)/{layout.path('query')}/
 
 
 def check_granularity(granularity: str) -> None:
-    """``UserError`` (one line) for a granularity not in ``GRANULARITIES``."""
+    """``UserError`` (one line) for a granularity not in ``GRANULARITIES``.
+
+    Args:
+        granularity: the value to check (``prune.granularity``).
+
+    Raises:
+        UserError: a granularity not in ``GRANULARITIES``.
+    """
     if granularity not in GRANULARITIES:
         raise UserError(f"unknown granularity {granularity!r}; choose one of "
                         f"{', '.join(GRANULARITIES)}")
 
 
 def is_unit_path(path: str) -> bool:
-    """Whether ``path`` names a unit vector (``.../attention/heads``, ``.../ffn/neurons``)."""
+    """Whether ``path`` names a unit vector (``.../attention/heads``, ``.../ffn/neurons``).
+
+    Args:
+        path: a '/'-joined selection or params path.
+
+    Returns:
+        True for a unit path, False for a kernel path.
+    """
     return any(path.endswith("/" + unit) for unit, _ in UNITS.values())
 
 
 def layers(flat: dict[str, Any]) -> list[str]:
-    """Params prefixes of the encoder layers, e.g. ``bert/encoder/layer/0``, by layer index."""
+    """Params prefixes of the encoder layers, e.g. ``bert/encoder/layer/0``, by layer index.
+
+    Args:
+        flat: flat params, ``{'/'-joined path: array}`` (``mvp_jax.tree.flatten``).
+
+    Returns:
+        The prefixes, sorted by layer index.
+
+    Raises:
+        UserError: params without encoder layers of ``mvp_jax.models``.
+    """
     found = [next(g for g in m.groups() if g) for m in map(_LAYER.match, flat) if m]
     if not found:
         raise UserError("params have no encoder layers (.../encoder/layer/<i>/attention/self/"
@@ -98,7 +122,18 @@ def _split(unit_path: str) -> tuple[str, str]:
 
 
 def members(unit_path: str) -> list[tuple[str, int]]:
-    """``[(kernel path, unit axis), ...]`` of the weights a unit vector covers."""
+    """``[(kernel path, unit axis), ...]`` of the weights a unit vector covers.
+
+    Args:
+        unit_path: ``{layer}/attention/heads`` (Q, K, V columns, attention-output rows) or
+            ``{layer}/ffn/neurons`` (FFN-in columns, FFN-out rows).
+
+    Returns:
+        The kernels' paths, each with the axis its units index (1: columns, 0: rows).
+
+    Raises:
+        UserError: a path that is no unit path.
+    """
     layer, kind = _split(unit_path)
     layout = layout_of_path(layer)
     return [(f"{layer}/{layout.path(t)}/kernel", axis) for t, axis in UNITS[kind][1]]
@@ -110,6 +145,18 @@ def unit_counts(params: Any, granularity: str, num_heads: int) -> dict[str, int]
     ``num_heads`` is the config's ``num_attention_heads``: it fixes the head size ``d =
     hidden / num_heads``, so layer ``i`` has ``(query columns) / d`` heads (fewer in a compact
     model) and ``(FFN-in columns)`` neurons.
+
+    Args:
+        params: the model's parameters, a pytree.
+        granularity: ``weight`` (no units), ``head``, ``neuron`` or ``hybrid``.
+        num_heads: the config's attention heads per layer.
+
+    Returns:
+        ``{unit path: number of units}``, layer by layer.
+
+    Raises:
+        UserError: an unknown granularity, params without encoder layers, or query columns
+            that are not whole heads.
     """
     check_granularity(granularity)
     flat = flatten(params)
@@ -150,7 +197,18 @@ def expand(values: dict[str, jax.Array], params: Any) -> dict[str, jax.Array]:
     """``{kernel path: M}``: every unit vector broadcast to the kernels of its units (Q/K/V
     columns and attention-output rows for heads, FFN-in columns and FFN-out rows for neurons),
     ``M_ij = m_u(ij)``; entries of kernel paths are kept as they are. Differentiable; dtype of
-    the values."""
+    the values.
+
+    Args:
+        values: ``{selection path: array}``: unit vectors ``[units]`` and/or kernel arrays.
+        params: the model's parameters, a pytree (the kernels' shapes).
+
+    Returns:
+        ``{kernel path: M}``, each ``M`` shaped as its kernel.
+
+    Raises:
+        UserError: a unit vector whose length does not divide its kernels' axis.
+    """
     flat = flatten(params)
     out = {}
     for path, m in values.items():
@@ -166,7 +224,15 @@ def to_weight_masks(masks: dict[str, jax.Array], params: Any) -> dict[str, jax.A
     """Masks of the prunable kernels from masks of selection paths: weight masks as they are,
     unit masks broadcast to their weights (``expand``: linear, so a unit score's
     straight-through gradient is Eq. (2) summed over its weights). Under unit masks, the
-    prunable kernels no unit covers (the FFN under ``head``) get ``M = 1``: they remain."""
+    prunable kernels no unit covers (the FFN under ``head``) get ``M = 1``: they remain.
+
+    Args:
+        masks: ``{selection path: M}`` (``masking.selection_masks``).
+        params: the model's parameters, a pytree.
+
+    Returns:
+        ``{kernel path: M}``, each ``M`` shaped as its kernel.
+    """
     expanded = expand(masks, params)
     if not any(map(is_unit_path, masks)):
         return expanded
@@ -178,7 +244,16 @@ def to_weight_masks(masks: dict[str, jax.Array], params: Any) -> dict[str, jax.A
 def unit_sums(values: dict[str, jax.Array], counts: dict[str, int]) -> dict[str, jax.Array]:
     """``{unit path: [sum over each unit's weights of values]}`` for the units of ``counts``
     (``unit_counts``); the transpose of ``expand``. Of ``G * W`` (``G = dL/d(W * M)``) it is the
-    summed Eq. (2), of ``W**2`` the squared norms."""
+    summed Eq. (2), of ``W**2`` the squared norms.
+
+    Args:
+        values: ``{kernel path: array}`` shaped as the kernels, covering every kernel of the
+            units of ``counts``.
+        counts: ``{unit path: number of units}`` (``unit_counts``).
+
+    Returns:
+        ``{unit path: [units]}``.
+    """
     return {path: cast(jax.Array, sum(_reduce(values[k], n, axis) for k, axis in members(path)))
             for path, n in counts.items()}
 
@@ -190,6 +265,17 @@ def unit_magnitudes(params: Any, granularity: str, num_heads: int) -> dict[str, 
     magnitude pruning of weights, where the largest survive), and a mean, so heads (``4 hidden
     d`` weights each) and neurons (``2 hidden``) are on one scale for a global Top-v over both
     (``hybrid``). Within one group every unit has as many weights, so it ranks as the L2 norm.
+
+    Args:
+        params: the model's parameters, a pytree.
+        granularity: ``head``, ``neuron`` or ``hybrid`` (``weight``: no units, ``{}``).
+        num_heads: the config's attention heads per layer.
+
+    Returns:
+        ``{unit path: [units]}``, float32.
+
+    Raises:
+        UserError: as ``unit_counts``.
     """
     counts = unit_counts(params, granularity, num_heads)
     flat = flatten(params)
@@ -209,7 +295,19 @@ def _heads(granularity: str, num_heads: int | None) -> int:
 def prunable_paths(params: Any, patterns: Iterable[str] = DEFAULT_PRUNABLE) -> list[str]:
     """'/'-joined key paths (``mvp_jax.tree``) of the parameters matched by any regex of
     ``patterns`` (``re.search``), in leaf order. Raises for a pattern that matches nothing (the
-    default patterns span every architecture: of those, some must match)."""
+    default patterns span every architecture: of those, some must match).
+
+    Args:
+        params: the model's parameters, a pytree.
+        patterns: regexes of the prunable paths (default: every architecture's encoder
+            kernels, ``mvp_jax.models.layout.PRUNABLE``).
+
+    Returns:
+        The matched paths.
+
+    Raises:
+        UserError: a pattern that matches no parameter (of the defaults: when none matches).
+    """
     patterns = tuple(patterns)
     paths = list(flatten(params))
     compiled = [re.compile(p) for p in patterns]
@@ -224,7 +322,18 @@ def prunable_paths(params: Any, patterns: Iterable[str] = DEFAULT_PRUNABLE) -> l
 
 
 def prunable_weights(params: Any, patterns: Iterable[str] = DEFAULT_PRUNABLE) -> dict:
-    """``{path: W}`` of the prunable kernels."""
+    """``{path: W}`` of the prunable kernels.
+
+    Args:
+        params: the model's parameters, a pytree.
+        patterns: regexes of the prunable paths (``prunable_paths``).
+
+    Returns:
+        ``{path: W}`` in leaf order.
+
+    Raises:
+        UserError: as ``prunable_paths``.
+    """
     flat = flatten(params)
     return {p: flat[p] for p in prunable_paths(params, patterns)}
 
@@ -232,7 +341,20 @@ def prunable_weights(params: Any, patterns: Iterable[str] = DEFAULT_PRUNABLE) ->
 def selection_inputs(params: Any, patterns: Iterable[str] = DEFAULT_PRUNABLE,
                      granularity: str = "weight", num_heads: int | None = None) -> dict:
     """What a method selects from, per selection path: the prunable kernels ``{path: W}``
-    (``weight``), or one RMS magnitude per head / neuron ``{unit path: rms}`` (the others)."""
+    (``weight``), or one RMS magnitude per head / neuron ``{unit path: rms}`` (the others).
+
+    Args:
+        params: the model's parameters, a pytree.
+        patterns: regexes of the prunable kernels (``weight`` only).
+        granularity: ``weight``, ``head``, ``neuron`` or ``hybrid``.
+        num_heads: the model's attention heads per layer (all but ``weight``).
+
+    Returns:
+        ``{selection path: array}``.
+
+    Raises:
+        UserError: as ``prunable_paths`` or ``unit_counts``, or no ``num_heads`` for units.
+    """
     if granularity == "weight":
         return prunable_weights(params, patterns)
     return unit_magnitudes(params, granularity, _heads(granularity, num_heads))
@@ -249,6 +371,23 @@ def init_scores(params: Any, init: str = "constant", scale: float = 0.0,
     Flax kernel layout ``(fan_in, fan_out)``, the scale ignored as in the reference;
     ``magnitude`` (not in the paper): ``S0 = scale * x / rms(x)`` per path, so Top-v of the
     initial scores is magnitude pruning and the learned movement reorders it from there.
+
+    Args:
+        params: the model's parameters, a pytree.
+        init: ``constant``, ``uniform``, ``kaiming`` or ``magnitude`` (``prune.mask_init``).
+        scale: the constant, the uniform half-width or the magnitude scale
+            (``prune.mask_scale``).
+        rng: PRNG key, required by ``uniform`` and ``kaiming``.
+        patterns: regexes of the prunable kernels (``weight`` only).
+        granularity: ``weight``, ``head``, ``neuron`` or ``hybrid``.
+        num_heads: the model's attention heads per layer (all but ``weight``).
+
+    Returns:
+        float32 scores, a nested dict mirroring the selection paths.
+
+    Raises:
+        UserError: an unknown init (or ``kaiming`` for unit scores), no ``rng`` where one is
+            needed, or as ``selection_inputs``.
     """
     if init not in SCORE_INITS:
         raise UserError(f"unknown score init {init!r}; choose one of {', '.join(SCORE_INITS)}")
