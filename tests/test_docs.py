@@ -79,7 +79,7 @@ def test_readme_is_short_and_keeps_its_parts():
         assert f"\n## {heading}" in text, heading
     results = section(text, "Results")
     assert "](results/paper_grid/figure2.png)" in results and "| method |" in results
-    assert "reproduce.py --sweep paper-grid" in results
+    assert "python -m benchmarks.reproduce --sweep paper-grid" in results
 
 
 @pytest.mark.parametrize("doc", LINKED_DOCS)
@@ -191,20 +191,11 @@ def test_the_quick_start_and_what_follows_run_as_written(scratch, capsys):
 def test_the_readme_sweep_commands_parse():
     """The Results block's sweep commands (hours of runs, or a report that rewrites the committed
     results) are not run here; their options must still be the sweep's."""
-    import importlib.util
-    import sys
+    from benchmarks.reproduce import resolve_args
 
     lines = [line for block in bash_blocks(section(README.read_text(), "Results"))
-             for line in block if line.startswith("python benchmarks/reproduce.py")]
+             for line in block if line.startswith("python -m benchmarks.reproduce ")]
     assert len(lines) == 2
-    spec = importlib.util.spec_from_file_location("reproduce_docs",
-                                                  ROOT / "benchmarks" / "reproduce.py")
-    rp = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce_docs"] = rp  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(rp)
-        for line in lines:
-            args = rp.resolve_args(shlex.split(line)[2:])
-            assert args.max_steps == 300 and args.resume_existing != args.report_only
-    finally:
-        sys.modules.pop("reproduce_docs", None)
+    for line in lines:
+        args = resolve_args(shlex.split(line)[3:])
+        assert args.max_steps == 300 and args.resume_existing != args.report_only

@@ -1,11 +1,11 @@
-"""Smoke test of benchmarks/reproduce.py's bookkeeping: reading run directories (remaining
-weights counted on the exported tensors), choosing lambda trials, the table and the plot, the
-variants' configs, the cpu-lab run order and the claims computed from result rows. Fake run
-directories, no training: a few seconds."""
+"""Smoke test of the sweep's bookkeeping (``benchmarks.reproduce``): reading run directories
+(remaining weights counted on the exported tensors), choosing lambda trials, the table and the
+plot, the variants' configs, the cpu-lab run order and the claims computed from result rows.
+Fake run directories, no training: a few seconds."""
 
-import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -13,20 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
+import benchmarks.reproduce as rp
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def rp():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["reproduce"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("reproduce", None)
-
-
-def fake_run(rp, root, task, method, distill, target, seed, keep, metric, lam=None, lie=False,
+def fake_run(root, task, method, distill, target, seed, keep, metric, lam=None, lie=False,
              prune_set=None):
     """A finished-looking run directory of variant (or prune.method) ``method`` whose export
     keeps ``keep`` of its encoder weights; its config.yaml holds the variant's prune overrides
@@ -69,29 +61,58 @@ def fake_run(rp, root, task, method, distill, target, seed, keep, metric, lam=No
     return d
 
 
-def test_next_lambda_is_the_library_search(rp):
-    """The sweep's lambda steps are ``mvp_jax.pruning.calibration.next_lambda`` (tested there)."""
-    from mvp_jax.pruning.calibration import next_lambda
+def test_the_lambda_search_is_the_library_search(tmp_path, monkeypatch):
+    """A soft movement / L0 cell searches lambda with ``mvp_jax.pruning.calibration``
+    (``calibrate_lambda``, its steps ``next_lambda``; tested there): the sweep runs the library's
+    lambdas, from the recipe's final_lambda, and the report shows, per target, the trial that
+    ``calibration.closest`` picks."""
+    from mvp_jax.pruning import calibration
 
-    assert rp.next_lambda([], 0.1, 400.0) == 400.0
-    for trials in ([(10.0, 0.2)], [(10.0, 0.4), (1000.0, 0.025)]):
-        assert rp.next_lambda(trials, 0.1, 1.0) == next_lambda(trials, 0.1, 1.0)
+    def remaining(lam):  # a logistic fall in log lambda, as the runs measure it
+        return 1.0 / (1.0 + (lam / 3000.0) ** 1.5)
+
+    ran = []
+
+    def fake_run_or_read(args, task, variant, distill, target, seed, lam=None, teacher=None,
+                         fresh=False):
+        ran.append(lam)
+        return {"task": task, "variant": variant, "method": rp.VARIANTS[variant].method,
+                "distill": "yes" if distill else "no", "seed": seed, "target": target,
+                "lambda": lam, "remaining_weights": target if lam is None else remaining(lam),
+                "run": rp.run_name(variant, distill, target, seed, lam)}
+
+    monkeypatch.setattr(rp.sweep, "run_or_read", fake_run_or_read)  # where run_cell looks it up
+    args = rp.resolve_args(["--preset", "paper-grid", "--runs-dir", str(tmp_path / "runs"),
+                            "--out", str(tmp_path / "out")])
+    trials = []
+    rp.run_cell(args, "sst2", "soft_movement", False, 0.1, 42, "/teacher", trials)
+    start = rp.start_lambda(args, "soft_movement")
+    want = calibration.calibrate_lambda(remaining, 0.1, start, tolerance=0.01, max_trials=5)
+    assert ran == [t.lam for t in want] and ran[0] == start == 400.0 and len(ran) > 2
+    assert [r["lambda"] for r in trials] == ran
+    # the report's row for the target: the trial the library's closest picks
+    rows = rp.select_from_runs(args, trials)
+    assert [r["lambda"] for r in rows] == [calibration.closest(want, 0.1).lam]
+    # a hard-target variant is one run, no lambda
+    ran.clear()
+    rp.run_cell(args, "sst2", "magnitude", False, 0.1, 42, "/teacher", trials)
+    assert ran == [None]
 
 
-def test_tables_and_plot_from_fake_runs(rp, tmp_path):
+def test_tables_and_plot_from_fake_runs(tmp_path):
     runs = tmp_path / "runs"
-    fake_run(rp, runs, "sst2", "none", False, None, 1, 1.0, 0.85)
-    fake_run(rp, runs, "sst2", "magnitude", False, 0.5, 1, 0.5, 0.84)
-    fake_run(rp, runs, "sst2", "magnitude", False, 0.1, 1, 0.1, 0.70)
-    fake_run(rp, runs, "sst2", "topk", True, 0.1, 1, 0.1, 0.80)
-    fake_run(rp, runs, "sst2", "sigmoied_threshold", False, 0.5, 1, 0.45, 0.82, lam=10.0)
-    fake_run(rp, runs, "sst2", "sigmoied_threshold", False, 0.5, 1, 0.12, 0.78, lam=100.0)
+    fake_run(runs, "sst2", "none", False, None, 1, 1.0, 0.85)
+    fake_run(runs, "sst2", "magnitude", False, 0.5, 1, 0.5, 0.84)
+    fake_run(runs, "sst2", "magnitude", False, 0.1, 1, 0.1, 0.70)
+    fake_run(runs, "sst2", "topk", True, 0.1, 1, 0.1, 0.80)
+    fake_run(runs, "sst2", "sigmoied_threshold", False, 0.5, 1, 0.45, 0.82, lam=10.0)
+    fake_run(runs, "sst2", "sigmoied_threshold", False, 0.5, 1, 0.12, 0.78, lam=100.0)
     # L0: each target shows a trial run for it, even when another target's trial is closer
-    fake_run(rp, runs, "sst2", "l0", False, 0.5, 1, 0.2, 0.75, lam=1.0)
-    fake_run(rp, runs, "sst2", "l0", False, 0.1, 1, 0.01, 0.5, lam=3.0)
-    fake_run(rp, runs, "sst2", "l0", True, 0.1, 1, 0.05, 0.6, lam=2.0)
-    fake_run(rp, runs, "squad_dev_split", "none", False, None, 1, 1.0, 0.30)
-    fake_run(rp, runs, "squad_dev_split", "topk", False, 0.1, 1, 0.1, 0.12)
+    fake_run(runs, "sst2", "l0", False, 0.5, 1, 0.2, 0.75, lam=1.0)
+    fake_run(runs, "sst2", "l0", False, 0.1, 1, 0.01, 0.5, lam=3.0)
+    fake_run(runs, "sst2", "l0", True, 0.1, 1, 0.05, 0.6, lam=2.0)
+    fake_run(runs, "squad_dev_split", "none", False, None, 1, 1.0, 0.30)
+    fake_run(runs, "squad_dev_split", "topk", False, 0.1, 1, 0.1, 0.12)
 
     args = rp.resolve_args(["--tasks", "sst2,squad_dev_split", "--runs-dir", str(runs),
                             "--out", str(tmp_path / "out"), "--report-only"])
@@ -111,7 +132,7 @@ def test_tables_and_plot_from_fake_runs(rp, tmp_path):
     assert l0 == {("no", 0.5): 1.0, ("no", 0.1): 3.0, ("yes", 0.1): 2.0}
 
     trials = [r for r in all_rows if r["method"] in rp.LAMBDA_METHODS]
-    rp.report(rows, trials, tmp_path / "out", "python benchmarks/reproduce.py --report-only",
+    rp.report.report(rows, trials, tmp_path / "out", "python -m benchmarks.reproduce --report-only",
               "CPU (test), 2 cores, 2026-01-01")
     out = tmp_path / "out"
     csv_rows = rp.read_csv(out / "results.csv")
@@ -130,8 +151,8 @@ def test_tables_and_plot_from_fake_runs(rp, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-def test_export_count_mismatch_is_an_error(rp, tmp_path):
-    d = fake_run(rp, tmp_path, "sst2", "topk", False, 0.1, 1, 0.1, 0.8, lie=True)
+def test_export_count_mismatch_is_an_error(tmp_path):
+    d = fake_run(tmp_path, "sst2", "topk", False, 0.1, 1, 0.1, 0.8, lie=True)
     with pytest.raises(RuntimeError, match="differ from eval_results"):
         rp.read_run(d)
 
@@ -141,7 +162,7 @@ def test_export_count_mismatch_is_an_error(rp, tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_variant_names_and_aliases(rp, capsys):
+def test_variant_names_and_aliases(capsys):
     assert rp.variant_name("topk") == "movement_paper"
     assert rp.variant_name("sigmoied_threshold") == "soft_movement"
     assert rp.variant_name("movement") == "movement" and rp.variant_name("random") == "random"
@@ -155,13 +176,14 @@ def test_variant_names_and_aliases(rp, capsys):
     with pytest.raises(SystemExit, match="^2$"):
         rp.resolve_args(["--preset", "cpu-lab", "--methods", "movment"])
     err = capsys.readouterr().err
-    assert err.startswith("reproduce.py: error: unknown method or variant 'movment'; choose from ")
+    assert err.startswith("python -m benchmarks.reproduce: error: unknown method or variant "
+                          "'movment'; choose from ")
     assert err.count("\n") == 1
     with pytest.raises(SystemExit, match="^2$"):  # the lab recipes are SST-2's
         rp.resolve_args(["--preset", "cpu-lab", "--tasks", "sst2,squad_dev_split"])
-    assert capsys.readouterr().err == ("reproduce.py: error: --recipes lab (presets cpu-lab, "
-                                       "paper-grid) runs the SST-2 lab recipes: --tasks sst2 "
-                                       "only, got sst2,squad_dev_split\n")
+    assert capsys.readouterr().err == ("python -m benchmarks.reproduce: error: --recipes lab "
+                                       "(presets cpu-lab, paper-grid) runs the SST-2 lab "
+                                       "recipes: --tasks sst2 only, got sst2,squad_dev_split\n")
     # run directories: the paper's four keep their method-named directories
     assert rp.run_name("movement_paper", False, 0.03, 42) == "topk_nokd_t0.03_s42"
     assert rp.run_name("topk", False, 0.03, 42) == "topk_nokd_t0.03_s42"
@@ -170,7 +192,7 @@ def test_variant_names_and_aliases(rp, capsys):
         "sigmoied_threshold_nokd_t0.03_lam400_s42"
 
 
-def test_variant_configs_resolve(rp):
+def test_variant_configs_resolve():
     """cpu-lab: each variant's config is its lab recipe with the preset's overrides on top."""
     args = rp.resolve_args(["--preset", "cpu-lab"])
     assert args.recipes == "lab" and args.max_steps == 600 and args.tasks == ["sst2"]
@@ -222,7 +244,7 @@ def test_variant_configs_resolve(rp):
         ("topk", "magnitude", 2.0)
 
 
-def test_cpu_lab_plan_order(rp):
+def test_cpu_lab_plan_order():
     plan = [(v, kd, t) for _, _, v, kd, t in rp.plan(rp.resolve_args(["--preset", "cpu-lab"]))]
     assert plan == [("dense", False, None),
                     ("movement", False, 0.03), ("movement_paper", False, 0.03),
@@ -256,7 +278,7 @@ def _verdicts(items):
     return {(c["claim"], c["variant"]): c["verdict"] for c in items}
 
 
-def test_claims_held_and_not_held(rp):
+def test_claims_held_and_not_held():
     rows = [_row("dense", None, 0.85),
             _row("movement", 0.03, 0.80), _row("movement_paper", 0.03, 0.509),
             _row("magnitude", 0.03, 0.70), _row("random", 0.03, 0.60),
@@ -264,7 +286,7 @@ def test_claims_held_and_not_held(rp):
             _row("movement", 0.03, 0.81, distill="yes"),
             _row("magnitude", 0.5, 0.84), _row("movement", 0.5, 0.83),
             _row("movement_paper", 0.5, 0.509), _row("random", 0.5, 0.86)]
-    items = rp.claims(rows, high=0.03)
+    items = rp.claims.claims(rows, high=0.03)
     assert _verdicts(items) == {
         ("movement beats magnitude at 3%", "movement"): "held",
         ("movement beats magnitude at 3%", "movement_paper"): "not held",
@@ -293,32 +315,32 @@ def test_claims_held_and_not_held(rp):
     rows = [_row("magnitude", 0.5, 0.80), _row("movement", 0.5, 0.80),
             _row("magnitude", 0.03, 0.70, seed=1), _row("magnitude", 0.03, 0.60, seed=2),
             _row("movement", 0.03, 0.66)]
-    v = _verdicts(rp.claims(rows, high=0.03))
+    v = _verdicts(rp.claims.claims(rows, high=0.03))
     # "as good": a tie (or less than the 2-point noise margin below) holds
     assert v["magnitude is as good as or better than the other methods at 50%",
              "magnitude"] == "held"
     assert v["movement beats magnitude at 3%", "movement"] == "held"  # 66 > mean(70, 60)
-    v = _verdicts(rp.claims([_row("magnitude", 0.5, 0.80), _row("movement", 0.5, 0.8201)]))
+    v = _verdicts(rp.claims.claims([_row("magnitude", 0.5, 0.80), _row("movement", 0.5, 0.8201)]))
     assert v["magnitude is as good as or better than the other methods at 50%",
              "magnitude"] == "not held"  # 2.01 points below
 
 
-def test_claims_at_both_high_sparsities(rp):
+def test_claims_at_both_high_sparsities():
     """By default movement is compared with magnitude at 10% and at 3%, soft movement is
     judged at 3%."""
     rows = [_row("movement", 0.1, 0.80), _row("magnitude", 0.1, 0.82),
             _row("movement", 0.03, 0.75), _row("magnitude", 0.03, 0.60),
             _row("soft_movement", 0.03, 0.76, remaining=0.031)]
-    v = _verdicts(rp.claims(rows))
+    v = _verdicts(rp.claims.claims(rows))
     assert v["movement beats magnitude at 10%", "movement"] == "not held"
     assert v["movement beats magnitude at 3%", "movement"] == "held"
     assert v["soft movement is the best method at 3%", "soft_movement"] == "held"
     assert not any("soft movement is the best method at 10%" in c for c, _ in v)
 
 
-def test_claims_not_run_and_not_comparable(rp):
+def test_claims_not_run_and_not_comparable():
     # only dense and magnitude at 50%: nothing to compare with
-    v = _verdicts(rp.claims([_row("dense", None, 0.85), _row("magnitude", 0.5, 0.84)],
+    v = _verdicts(rp.claims.claims([_row("dense", None, 0.85), _row("magnitude", 0.5, 0.84)],
                             high=0.03))
     assert v == {("movement beats magnitude at 3%", None): "not run",
                  ("soft movement is the best method at 3%", "soft_movement"): "not run",
@@ -330,7 +352,7 @@ def test_claims_not_run_and_not_comparable(rp):
     rows = [_row("movement", 0.03, 0.8), _row("movement", 0.5, 0.83),
             _row("random", 0.03, 0.6), _row("movement", 0.5, 0.84, distill="yes"),
             _row("soft_movement", 0.03, 0.82, remaining=0.10)]
-    items = rp.claims(rows, high=0.03)
+    items = rp.claims.claims(rows, high=0.03)
     v = _verdicts(items)
     assert v["movement beats magnitude at 3%", "movement"] == "not run"
     assert v["soft movement is the best method at 3%", "soft_movement"] == "not comparable"
@@ -347,7 +369,7 @@ def test_claims_not_run_and_not_comparable(rp):
     rows = [_row("soft_movement", 0.03, 0.70, remaining=0.028),
             _row("soft_movement", 0.03, 0.72, distill="yes", remaining=0.005),
             _row("magnitude", 0.03, 0.60), _row("l0", 0.03, 0.80, remaining=0.10)]
-    items = rp.claims(rows, high=0.03)
+    items = rp.claims.claims(rows, high=0.03)
     v = _verdicts(items)
     assert v["distillation helps", "soft_movement"] == "not comparable"
     assert v["soft movement is the best method at 3%", "soft_movement"] == "held"
@@ -356,18 +378,18 @@ def test_claims_not_run_and_not_comparable(rp):
         detail["soft movement is the best method at 3%", "soft_movement"]
 
 
-def test_lab_report_from_fake_runs(rp, tmp_path):
+def test_lab_report_from_fake_runs(tmp_path):
     """Variant run directories -> rows with their variant, the CSV's variant column, the
     table's labels and the claims in results.md; a run whose config contradicts its name is an
     error."""
     runs = tmp_path / "runs"
-    fake_run(rp, runs, "sst2", "dense", False, None, 42, 1.0, 0.85)
-    fake_run(rp, runs, "sst2", "movement", False, 0.03, 42, 0.03, 0.80)
-    fake_run(rp, runs, "sst2", "movement_paper", False, 0.03, 42, 0.03, 0.509)
-    fake_run(rp, runs, "sst2", "magnitude", False, 0.03, 42, 0.03, 0.70)
-    fake_run(rp, runs, "sst2", "random", False, 0.03, 42, 0.03, 0.60)
-    fake_run(rp, runs, "sst2", "soft_movement", False, 0.03, 42, 0.03, 0.82, lam=400.0)
-    fake_run(rp, runs, "sst2", "movement", True, 0.03, 42, 0.03, 0.81)
+    fake_run(runs, "sst2", "dense", False, None, 42, 1.0, 0.85)
+    fake_run(runs, "sst2", "movement", False, 0.03, 42, 0.03, 0.80)
+    fake_run(runs, "sst2", "movement_paper", False, 0.03, 42, 0.03, 0.509)
+    fake_run(runs, "sst2", "magnitude", False, 0.03, 42, 0.03, 0.70)
+    fake_run(runs, "sst2", "random", False, 0.03, 42, 0.03, 0.60)
+    fake_run(runs, "sst2", "soft_movement", False, 0.03, 42, 0.03, 0.82, lam=400.0)
+    fake_run(runs, "sst2", "movement", True, 0.03, 42, 0.03, 0.81)
     args = rp.resolve_args(["--preset", "cpu-lab", "--runs-dir", str(runs), "--out",
                             str(tmp_path / "out"), "--report-only"])
     all_rows = rp.existing_trials(args)
@@ -378,7 +400,7 @@ def test_lab_report_from_fake_runs(rp, tmp_path):
     assert by_run["sigmoied_threshold_nokd_t0.03_lam400_s42"]["variant"] == "soft_movement"
     rows = rp.select_from_runs(args, all_rows)
     trials = [r for r in all_rows if r["method"] in rp.LAMBDA_METHODS]
-    items = rp.report(rows, trials, tmp_path / "out", "python benchmarks/reproduce.py "
+    items = rp.report.report(rows, trials, tmp_path / "out", "python -m benchmarks.reproduce "
                       "--preset cpu-lab --report-only", "CPU (test), 2 cores, 2026-01-01")
     csv_rows = rp.read_csv(tmp_path / "out" / "results.csv")
     assert {(r["variant"], r["method"], r["distill"]) for r in csv_rows} == {
@@ -394,13 +416,13 @@ def test_lab_report_from_fake_runs(rp, tmp_path):
     assert _verdicts(items)["movement beats magnitude at 3%", "movement"] == "held"
     assert (tmp_path / "out" / "figure2.png").read_bytes()[:4] == b"\x89PNG"
     # named movement (scores from magnitude) but its scores started at 0
-    bad = fake_run(rp, tmp_path / "bad", "sst2", "movement", False, 0.5, 42, 0.5, 0.8,
+    bad = fake_run(tmp_path / "bad", "sst2", "movement", False, 0.5, 42, 0.5, 0.8,
                    prune_set=["prune.mask_init=constant"])
     with pytest.raises(RuntimeError, match="variant movement needs prune.mask_init=magnitude"):
         rp.read_run(bad)
 
 
-def keep_as_committed(rp, d, out):
+def keep_as_committed(d, out):
     """Move fake run ``d`` to ``out``/runs as the sweep keeps it: its small files only (its
     counts.json as the runner writes it), no export."""
     import shutil
@@ -415,7 +437,7 @@ def keep_as_committed(rp, d, out):
     return dest
 
 
-def test_sweep_resumes_from_committed_run_files(rp, tmp_path, monkeypatch):
+def test_sweep_resumes_from_committed_run_files(tmp_path, monkeypatch):
     """A new machine: no run directories, only the kept small files of finished runs under
     --out/runs. The sweep reads those back (counts from counts.json), runs only what is
     missing, keeps each new run's small files (not its export), and runs the dense teacher
@@ -425,9 +447,9 @@ def test_sweep_resumes_from_committed_run_files(rp, tmp_path, monkeypatch):
 
     runs, out = tmp_path / "runs", tmp_path / "out"
     scratch = tmp_path / "scratch"
-    dense = keep_as_committed(rp, fake_run(rp, scratch, "sst2", "dense", False, None, 42, 1.0,
+    dense = keep_as_committed(fake_run(scratch, "sst2", "dense", False, None, 42, 1.0,
                                            0.85), out)
-    keep_as_committed(rp, fake_run(rp, scratch, "sst2", "magnitude", False, 0.5, 42, 0.5,
+    keep_as_committed(fake_run(scratch, "sst2", "magnitude", False, 0.5, 42, 0.5,
                                    0.84), out)
     dense_before = (dense / "eval_results.json").read_text()
     calls, teachers = [], {}
@@ -439,19 +461,21 @@ def test_sweep_resumes_from_committed_run_files(rp, tmp_path, monkeypatch):
         calls.append(d.name)
         teachers[d.name] = cfg.distill.teacher
         target = cfg.prune.final_threshold if variant != "dense" else None
-        fake_run(rp, d.parent.parent, "sst2", variant, bool(cfg.distill.teacher), target,
+        fake_run(d.parent.parent, "sst2", variant, bool(cfg.distill.teacher), target,
                  cfg.train.seed, target or 1.0, 0.7)
         res = json.loads((d / "eval_results.json").read_text())
         (d / "counts.json").write_text(json.dumps(
             {"remaining": res["remaining"], "total": res["prunable"], "matrices": {}}))
         (d / "metrics.jsonl").write_text('{"step": 5}\n')
 
+    # benchmarks.reproduce.runs.run_or_read imports fine_prune from mvp_jax.training.runner when
+    # it runs (so that a bad option fails before JAX loads): that is where it is looked up
     monkeypatch.setattr(mvp_jax.training.runner, "fine_prune", fake_fine_prune)
     base = ["--preset", "paper-grid", "--runs-dir", str(runs), "--out", str(out),
             "--resume-existing", "--targets", "0.5,0.1"]
     args = rp.resolve_args(base + ["--methods", "magnitude", "--distill", "no"])
     assert rp.cost(args)[0] == 1  # only magnitude at 10% is left
-    rp.sweep(args)
+    rp.sweep.sweep(args)
     assert calls == ["magnitude_nokd_t0.1_s42"]
     kept = out / "runs" / "sst2" / "magnitude_nokd_t0.1_s42"
     assert sorted(p.name for p in kept.iterdir()) == sorted(
@@ -461,17 +485,17 @@ def test_sweep_resumes_from_committed_run_files(rp, tmp_path, monkeypatch):
     assert rows["magnitude_nokd_t0.5_s42"]["accuracy"] == 0.84  # read from the kept files
     # a second pass runs nothing
     calls.clear()
-    rp.sweep(args)
+    rp.sweep.sweep(args)
     assert calls == []
     # distillation needs the teacher's export, which was never committed: dense runs again
     args = rp.resolve_args(base + ["--methods", "movement", "--distill", "yes",
                                    "--distill-targets", "0.1"])
-    rp.sweep(args)
+    rp.sweep.sweep(args)
     assert calls == ["dense_s42", "movement_kd_t0.1_s42"]
     assert (dense / "eval_results.json").read_text() == dense_before
     # a second seed learns from the same teacher with --teacher-seed (else from its own)
     calls.clear()
-    rp.sweep(rp.resolve_args(base + ["--methods", "movement", "--distill", "yes",
+    rp.sweep.sweep(rp.resolve_args(base + ["--methods", "movement", "--distill", "yes",
                                      "--distill-targets", "0.1", "--seeds", "43",
                                      "--teacher-seed", "42", "--skip-dense"]))
     assert calls == ["movement_kd_t0.1_s43"]  # no dense_s43
@@ -497,16 +521,19 @@ def test_bad_sweep_input_is_one_line_exit_2_nothing_written(tmp_path, argv, mess
     import subprocess
 
     runs, out = tmp_path / "runs", tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--preset", "paper-grid",
+    cmd = [sys.executable, "-m", "benchmarks.reproduce", "--preset", "paper-grid",
            "--runs-dir", str(runs), "--out", str(out), "--resume-existing", *argv]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in p.stderr
+    assert lines[0].startswith("python -m benchmarks.reproduce: error: ")
     assert not runs.exists() and not out.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_the_sweep_compiles_through_one_persistent_cache(rp, tmp_path, monkeypatch):
+def test_the_sweep_compiles_through_one_persistent_cache(tmp_path, monkeypatch):
     """Runs of the same shapes compile once: the sweep points JAX's persistent compilation
     cache at $JAX_COMPILATION_CACHE_DIR, else at RUNS_DIR/xla_cache."""
     import jax

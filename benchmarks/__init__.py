@@ -1,0 +1,2 @@
+"""Lab scripts: benchmarks, and the reproduction of the paper's comparison (``python -m
+benchmarks.reproduce``)."""
