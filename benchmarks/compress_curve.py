@@ -11,7 +11,7 @@ speed-up target, from the committed ``compress.json`` files under ``results/comp
 ``results/compress/<task>/<target>x/`` (the student) and ``results/compress/<task>/teacher/``.
 The README's table lies between the markers ``<!-- compress-curve:start -->`` and
 ``<!-- compress-curve:end -->``, BENCHMARKS.md's between ``<!-- compress-detail:start -->`` and
-``<!-- compress-detail:end -->``; only this script writes them (tests/test_compress.py checks
+``<!-- compress-detail:end -->``; only this script writes them (tests/test_docs.py checks
 that they equal what the files give).
 """
 

@@ -314,15 +314,6 @@ def test_no_compile_cache_turns_it_off(tiny_bert, capsys, monkeypatch):
     assert calls == [1]
 
 
-def test_readme_compress_table_is_the_one_its_files_give():
-    """README's Deploy table lies between markers and is written by benchmarks/compress_curve.py
-    from results/compress/*/compress.json: a hand edit or a stale table fails here."""
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "benchmarks/compress_curve.py", "--check"], cwd=root,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-
-
 def test_predict_file_of_a_builtin_task_run_reads_its_text_column(tiny_bert_classifier, tmp_path,
                                                                    capsys):
     """A run of SST-2 knows its text column (``sentence``): ``predict RUN --file`` needs no

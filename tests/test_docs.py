@@ -199,3 +199,36 @@ def test_the_readme_sweep_commands_parse():
     for line in lines:
         args = resolve_args(shlex.split(line)[3:])
         assert args.max_steps == 300 and args.resume_existing != args.report_only
+
+
+GENERATED = {  # README.md's sections between markers, and the command that writes each
+    "flagship": ["benchmarks/flagship.py", "--readme"],
+    "paper-grid": ["-m", "benchmarks.reproduce", "--sweep", "paper-grid", "--readme"],
+    "compress-curve": ["benchmarks/compress_curve.py"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_readme_generated_sections_are_what_their_files_give(name):
+    """Each numbers section of README.md lies between ``<!-- NAME:start/end -->`` markers and is
+    written by its script from committed files: a hand edit or a stale section fails here."""
+    import subprocess
+    import sys
+
+    assert f"<!-- {name}:start -->" in README.read_text()
+    done = subprocess.run([sys.executable, *GENERATED[name], "--check"], cwd=README.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_stale_readme_table_is_caught(tmp_path):
+    from benchmarks.reproduce.report import readme_table, write_readme
+
+    table = readme_table(README.parent / "results" / "paper_grid")
+    stale = tmp_path / "README.md"
+    stale.write_text("x\n<!-- paper-grid:start -->\n" + table.replace("85.7", "86.7")
+                     + "\n<!-- paper-grid:end -->\ny\n")
+    assert not write_readme(README.parent / "results" / "paper_grid", stale, check=True)
+    assert write_readme(README.parent / "results" / "paper_grid", stale)
+    assert write_readme(README.parent / "results" / "paper_grid", stale, check=True)
+    assert stale.read_text() == f"x\n<!-- paper-grid:start -->\n{table}\n<!-- paper-grid:end -->\ny\n"

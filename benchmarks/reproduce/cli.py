@@ -19,11 +19,12 @@ from .presets import (
     LAMBDA_METHODS,
     PRESETS,
     PROG,
+    ROOT,
     TASKS,
     VARIANT_ORDER,
     variant_name,
 )
-from .report import device_line, report
+from .report import device_line, report, write_readme
 from .runs import existing_trials, keep_run, kept_dir, log, use_compilation_cache
 from .sweep import cost, plan, select_from_runs, sweep
 
@@ -102,6 +103,10 @@ def build_parser():
     p.add_argument("--resume-existing", action="store_true",
                    help="skip runs whose eval_results.json exists")
     p.add_argument("--report-only", action="store_true", help="only write table and plot")
+    p.add_argument("--readme", action="store_true",
+                   help="only write README.md's Results table from OUT/results.csv")
+    p.add_argument("--check", action="store_true",
+                   help="with --readme: write nothing, exit 1 if README.md's table differs")
     p.add_argument("--deadline", help="HH:MM (machine clock): start no run after it")
     p.add_argument("--set", action="append", default=[], dest="overrides",
                    help="extra section.key=value override for every run")
@@ -186,6 +191,12 @@ def report_step(args, command):
 
 def main(argv=None):
     args = resolve_args(argv)
+    if args.readme:
+        if write_readme(args.out, ROOT / "README.md", check=args.check):
+            return 0
+        print(f"{PROG}: README.md's Results table differs from {args.out}/results.csv; run "
+              f"{PROG} --sweep {args.preset} --readme", file=sys.stderr)
+        return 1
     command = f"{PROG} " + " ".join(argv if argv is not None else sys.argv[1:])
     if not args.report_only:
         log(f"settings: {vars(args)}")

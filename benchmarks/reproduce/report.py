@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mvp_jax.pruning import methods
 
+from ..markers import between_markers, replace_between_markers
 from .claims import claims, claims_markdown, pct
 from .presets import (
     MAIN_METRIC,
@@ -246,6 +247,25 @@ def summary_table(rows, task="sst2"):
         if any(cells):
             out.append(f"| {VARIANTS[variant].label} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
+
+
+README_SECTION = "paper-grid"  # README.md's Results table: <!-- paper-grid:start/end -->
+
+
+def readme_table(out) -> str:
+    """README's Results table: ``summary_table`` of the committed ``OUT/results.csv``."""
+    return summary_table(read_csv(Path(out) / "results.csv")).rstrip("\n")
+
+
+def write_readme(out, readme, check: bool = False) -> bool:
+    """Write README's Results table from ``OUT/results.csv`` (``check``: only compare); True
+    when the README holds it."""
+    text = Path(readme).read_text()
+    new = replace_between_markers(text, readme_table(out), README_SECTION)
+    if check:
+        return between_markers(text, README_SECTION) == readme_table(out)
+    Path(readme).write_text(new)
+    return True
 
 
 def report(rows, trials, out, command, device):

@@ -1,4 +1,5 @@
-"""Fine-pruning: the train state, one jit-compiled train step and eval step, and the loop.
+"""The train state and the train step (pure; jitted for a mesh by ``jit_train_step``). The eval
+step is in ``evaluation``, the loop that drives both in ``runner``.
 
 One step, as data (DESIGN.md)::
 
@@ -24,11 +25,10 @@ in between while ``v`` follows its schedule only at recompute steps. With ``N = 
 the exact-count Top-v of ``masking`` on every step. Evaluation and export always use the exact
 final Top-v.
 
-``jit_train_step`` / ``jit_eval_step`` compile the steps for a device mesh (``mvp_jax.training.sharding``):
-state in the layout of the partition rules, batches split on ``"data"``, the state donated.
-Batches may come in a few sequence lengths (length buckets, ``mvp_jax.data.batching``): each
-length compiles once. Evaluation is an ``EvalStep``: ``W * M`` once per evaluation, then the plain
-model per batch.
+``jit_train_step`` compiles the step for a device mesh (``mvp_jax.training.sharding``): state in
+the layout of the partition rules, batches split on ``"data"``, the state donated. Batches may
+come in a few sequence lengths (length buckets, ``mvp_jax.data.batching``): each length compiles
+once. The threshold, penalty weight and masks come from a ``mvp_jax.pruning.Pruner``.
 
 ``TrainState.rng`` is raw uint32 key data of ``TrainState.rng_impl`` (``train.rng_impl``:
 threefry, rbg, unsafe_rbg), so checkpoints and shardings treat it as any array;
