@@ -32,6 +32,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from datetime import date
 from pathlib import Path
@@ -79,12 +80,13 @@ def quickstart(results: Path = RESULTS) -> str:
     config = (results / "config.yaml").read_text()
     batch = int(config.split("batch_size:", 1)[1].split()[0])
     accuracy = evals["metrics"]["validation"]["accuracy"]
-    return (f"It trains {evals['step']} updates of {batch} sentences and ends with "
+    return textwrap.fill(
+        f"It trains {evals['step']} updates of {batch} sentences and ends with "
             f"**{100 * accuracy:.1f}% SST-2 dev accuracy at {100 * evals['remaining_weights']:.1f}% "
             f"of the encoder's weights** (the majority class is 50.9%), in "
             f"{run['wall_s'] / 60:.0f} minutes on one core of a {run['cpus']}-core CPU "
             f"({run['date']}, code {run['commit']}; its files are in "
-            f"[results/flagship/](results/flagship/)).")
+            f"[results/flagship/](results/flagship/)).", width=96)
 
 
 def write_readme(check: bool) -> int:
