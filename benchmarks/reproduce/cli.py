@@ -88,7 +88,8 @@ def build_parser():
     p.add_argument("--lambda-trials-distill", type=int, help="same, with distillation")
     p.add_argument("--lambda-tolerance", type=float,
                    help="stop a lambda search when a trial's remaining fraction is within this "
-                        "of the target (absolute: 0.01 = 1 point; default: within 25%% of it)")
+                        "of the target (absolute: 0.01 = 1 point; paper-grid: 0.01; default: within a "
+                        "factor of 1.25 of it)")
     p.add_argument("--teacher-seed", type=int,
                    help="seed of the dense run every distilled run learns from (default: the "
                         "distilled run's own seed)")

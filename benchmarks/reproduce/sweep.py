@@ -114,7 +114,8 @@ def run_cell(args, task, method, distill, target, seed, teacher, trials):
     for this target (those already on disk for it count, with --resume-existing), each lambda
     from all the trials so far of the same task/variant/distillation/seed (secant on log-log,
     from the recipe's final_lambda, ``mvp_jax.pruning.calibration.calibrate_lambda``); stops when a
-    trial lands within --lambda-tolerance of the target (default: 25% of it). The report picks
+    trial lands within --lambda-tolerance of the target (an absolute fraction; without one,
+    within a factor of 1.25 of it: ``calibration.on_target``). The report picks
     among trials afterwards."""
     variant = variant_name(method)
     t = teacher if distill else None

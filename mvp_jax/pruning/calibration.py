@@ -88,7 +88,8 @@ def next_lambda(trials: Iterable[tuple[float, float]], target: float, default: f
 
 def on_target(remaining: float, target: float, tolerance: float | None = None) -> bool:
     """Whether a trial that kept ``remaining`` ends a search for ``target``: within
-    ``tolerance`` of it (absolute fraction), or, without one, within 25% of it."""
+    ``tolerance`` of it (absolute fraction), or, without one, within a factor of 1.25 of it
+    (``0.8 < remaining / target < 1.25``)."""
     if tolerance:
         return abs(remaining - target) <= tolerance + 1e-12
     return abs(math.log(max(remaining, 1e-6) / target)) < math.log(1.25)
