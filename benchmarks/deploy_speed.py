@@ -100,13 +100,9 @@ def torch_runner(model_dir: Path):
 
 
 def mvp_runner(model_dir: Path, onnx_threads: int | None = None):
-    from mvp_jax.export import onnx as onnx_export
     from mvp_jax.serving.predict import load_predictor, predict_texts
 
-    predictor = load_predictor(str(model_dir), max_seq_length=64)
-    if onnx_threads and onnx_export.is_onnx_dir(str(model_dir)):
-        predictor.params = onnx_export.inference_session(str(model_dir), threads=onnx_threads)
-        predictor.apply = onnx_export.session_apply(predictor.params)
+    predictor = load_predictor(str(model_dir), max_seq_length=64, threads=onnx_threads or None)
     label2id = {n: i for i, n in enumerate(predictor.label_names)}
 
     def run(texts, batch_size):

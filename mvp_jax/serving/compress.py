@@ -229,13 +229,9 @@ def padded_length(tokenizer, dev: DevSet, batch_size: int, max_length: int) -> i
 
 def onnx_runner(model_dir: str, threads: int | None, max_seq_length: int):
     """``(run(texts, pairs, batch_size) -> rows, label names)`` of an ONNX directory."""
-    from mvp_jax.export import onnx as onnx_export
     from mvp_jax.serving.predict import load_predictor, predict_texts
 
-    predictor = load_predictor(model_dir, max_seq_length=max_seq_length)
-    if threads:
-        predictor.params = onnx_export.inference_session(model_dir, threads=threads)
-        predictor.apply = onnx_export.session_apply(predictor.params)
+    predictor = load_predictor(model_dir, max_seq_length=max_seq_length, threads=threads or None)
 
     def run(texts, pairs, batch_size):
         return list(predict_texts(predictor, texts, pairs, batch_size=batch_size))

@@ -61,13 +61,14 @@ class Predictor:
 
 
 def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None = None,
-                   dtype=None) -> Predictor:
+                   dtype=None, threads: int | None = None) -> Predictor:
     """Load a classification or regression model (a model or run directory,
     ``mvp_jax.training.rundir.locate``) for ``predict_texts``.
 
     ``max_seq_length``: texts are truncated to it; default the run's ``task.max_seq_length``,
     else the model's position embeddings (at most 512), so that texts are cut only where the
-    model cannot read further."""
+    model cannot read further. ``threads``: ONNX Runtime's intra-op threads for an ONNX
+    directory (None: one per core); a JAX model ignores it."""
     import jax
 
     from mvp_jax.models import load_model_config, load_pretrained, load_tokenizer
@@ -104,7 +105,7 @@ def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None =
     if run_cfg is not None and run_cfg.task.own_data and run_cfg.task.kind != "qa":
         columns = tuple(run_cfg.task.text_columns or ("text",))
     if is_onnx_dir(model_dir):  # ONNX Runtime runs model.onnx
-        session = inference_session(model_dir)
+        session = inference_session(model_dir, threads=threads)
         return Predictor(model_dir, session_apply(session), session, load_tokenizer(model_dir),
                          kind, names, L, columns, buckets=tuple(range(1, L + 1)))
     kwargs = {} if dtype is None else {"dtype": dtype}
