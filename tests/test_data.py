@@ -393,6 +393,7 @@ def test_classification_metrics_match_sklearn():
         logits[:150, 0] += 1.0 * (labels[:150] == 0)                 # some signal
         preds = logits.argmax(-1)
         got = D.evaluate(spec, _evalset(labels), logits)
+        assert D.label_metrics(spec, preds, labels) == got  # class indices: the same metrics
         if task == "cola":
             assert set(got) == {"mcc"}
             assert got["mcc"] == pytest.approx(sklearn.metrics.matthews_corrcoef(labels, preds), abs=1e-12)

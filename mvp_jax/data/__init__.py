@@ -33,7 +33,16 @@ from .custom import (
 )
 from .glue import read_glue_tsv, tokenize_glue
 from .loading import EvalSet, TaskData, find_local_file, load_raw, load_task
-from .metrics import accuracy, binary_f1, evaluate, macro_f1, matthews_corrcoef, pearson, spearman
+from .metrics import (
+    accuracy,
+    binary_f1,
+    evaluate,
+    label_metrics,
+    macro_f1,
+    matthews_corrcoef,
+    pearson,
+    spearman,
+)
 from .squad import (
     exact_match_score,
     f1_score,
@@ -53,6 +62,6 @@ __all__ = [
     "read_glue_tsv", "tokenize_glue", "read_squad_json", "squad_features",
     "batches", "num_batches", "epoch_permutation", "batch_plan", "take_batch",
     "sequence_lengths", "resolve_buckets", "bucket_length", "SEQUENCE_KEYS",
-    "evaluate", "accuracy", "binary_f1", "macro_f1", "matthews_corrcoef", "pearson", "spearman",
+    "evaluate", "label_metrics", "accuracy", "binary_f1", "macro_f1", "matthews_corrcoef", "pearson", "spearman",
     "postprocess_qa", "squad_metrics", "normalize_answer", "f1_score", "exact_match_score",
 ]

@@ -97,12 +97,20 @@ def evaluate(spec: TaskSpec | str, eval_set, predictions) -> dict[str, float]:
     if preds.shape != (len(labels), spec.num_labels):
         raise ValueError(f"{spec.name}: logits of shape {preds.shape}, expected "
                          f"{(len(labels), spec.num_labels)}")
-    preds = np.argmax(preds, axis=-1)
+    return label_metrics(spec, np.argmax(preds, axis=-1), labels)
+
+
+def label_metrics(spec: TaskSpec | str, predicted, labels) -> dict[str, float]:
+    """A classification task's metrics of predicted class indices against the true ones
+    (``evaluate`` after the argmax of the logits): {"mcc"} for CoLA, else {"accuracy"} and the
+    task's F1 where it has one."""
+    spec = get_task(spec)
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
     if spec.main_metric == "mcc":
-        return {"mcc": matthews_corrcoef(preds, labels)}
-    out = {"accuracy": accuracy(preds, labels)}
+        return {"mcc": matthews_corrcoef(predicted, labels)}
+    out = {"accuracy": accuracy(predicted, labels)}
     if "f1" in spec.metrics:
-        out["f1"] = binary_f1(preds, labels)
+        out["f1"] = binary_f1(predicted, labels)
     if "macro_f1" in spec.metrics:
-        out["macro_f1"] = macro_f1(preds, labels)
+        out["macro_f1"] = macro_f1(predicted, labels)
     return out

@@ -193,15 +193,11 @@ class DevSet:
 
     def score(self, rows: Sequence[dict], label_names: Sequence[str]) -> float:
         """The task's main metric of ``predict`` rows, in points (x100)."""
-        from mvp_jax.data import evaluate
+        from mvp_jax.data.metrics import label_metrics
 
         index = {n: i for i, n in enumerate(label_names)}
-        logits = np.full((len(rows), len(label_names)), -1e9, np.float32)
-        for r, row in enumerate(rows):
-            logits[r, index[row["label"]]] = 0.0
-        metrics = evaluate(self.spec, dataclasses.make_dataclass("E", ["labels"])(self.labels),
-                           logits)
-        return 100.0 * float(metrics[self.spec.main_metric])
+        predicted = [index[row["label"]] for row in rows]
+        return 100.0 * float(label_metrics(self.spec, predicted, self.labels)[self.spec.main_metric])
 
 
 def load_dev(cfg, spec) -> DevSet:
