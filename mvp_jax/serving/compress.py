@@ -277,11 +277,10 @@ def _tables(model_config, batch_size, seq_length, precisions, threads, table_fil
     return found
 
 
-def plan(tables: Sequence[latency.LatencyTable], target: float) -> tuple[latency.LatencyTable,
-                                                                          latency.Budget]:
-    """The table and budget to train for: among the precisions, the reachable budget that keeps
-    the most units, else the one predicted fastest."""
-    budgets = [(t, latency.plan_budget(t, target)) for t in tables]
+def plan(budgets: Sequence[tuple[latency.LatencyTable, latency.Budget]]
+         ) -> tuple[latency.LatencyTable, latency.Budget]:
+    """The table and budget to train for, among each precision's ``(table, plan_budget)``: the
+    reachable budget that keeps the most units, else the one predicted fastest."""
     reachable = [tb for tb in budgets if tb[1].reachable]
     if reachable:
         return max(reachable, key=lambda tb: tb[1].keep)
@@ -316,9 +315,9 @@ def compress(cfg, target: float, output_dir: str, *, batch_size: int = 32,
     precisions = list(latency.PRECISIONS) if precision == "auto" else [precision]
     tables = _tables(model_config, batch_size, seq, precisions, onnx_threads, latency_table,
                      progress)
-    table, budget = plan(tables, target)
-    for t in tables:
-        b = latency.plan_budget(t, target)
+    budgets = [(t, latency.plan_budget(t, target)) for t in tables]
+    table, budget = plan(budgets)
+    for t, b in budgets:
         say(f"{t.precision}: keep {b.keep:.4f} of the units ({b.heads}/{t.shape.num_heads} "
             f"heads, {b.neurons}/{t.shape.intermediate_size} neurons per layer), predicted "
             f"{b.predicted_speedup:.2f}x" + ("" if b.reachable else " (the fastest sensible "
