@@ -238,11 +238,7 @@ class Pruner:
         method's straight-through gradient to the scores.
 
         Args:
-            params: the model's parameters, a pytree.
-            scores: the scores, a pytree mirroring the selection paths, or None.
-            threshold: the threshold (``threshold(step)``), a Python number or traced.
-            rng: PRNG key of random masks (L0 in training).
-            train: False for deterministic masks.
+            params, scores, threshold, rng, train: as for ``selection_masks``.
 
         Returns:
             ``{kernel path: M}``, each ``M`` shaped as its kernel.
