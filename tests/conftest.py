@@ -50,14 +50,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
 
-def pytest_collection_modifyitems(config, items):
-    """Modules that hold slow end-to-end tests first, each module kept whole (its module-scoped
-    fixtures set up once): with two xdist workers the long tests then overlap from the start
-    instead of one running alone at the end of the session."""
-    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow)  # stable: order kept within
-
-
 def pytest_sessionfinish(session, exitstatus):
     if _OWNED_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
         shutil.rmtree(_OWNED_CACHE, ignore_errors=True)
