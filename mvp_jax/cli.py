@@ -142,9 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "eval_results.json).")
     _add_common_overrides(p)
     p.add_argument("--output-dir", required=True, metavar="DIR", help="run directory to write")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--resume", action="store_true", help="continue the run in DIR from its latest checkpoint")
-    g.add_argument("--overwrite", action="store_true", help="replace the run in DIR")
+    either = p.add_mutually_exclusive_group()
+    either.add_argument("--resume", action="store_true", help="continue the run in DIR from its latest checkpoint")
+    either.add_argument("--overwrite", action="store_true", help="replace the run in DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stop-at-step", type=int, metavar="N",
                    help="stop after step N with a checkpoint (continue later with --resume)")

@@ -19,7 +19,7 @@ non-zero ``attention_mask`` entry plus one.
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -132,7 +132,7 @@ def take_batch(arrays: Mapping[str, np.ndarray], idx: np.ndarray, batch_size: in
     L = None
     if buckets is not None:
         real = idx[:int(weight.sum())]
-        L = bucket_length(int(lengths[real].max()) if len(real) else 0, buckets)
+        L = bucket_length(int(cast(np.ndarray, lengths)[real].max()) if len(real) else 0, buckets)
     batch = {}
     for k, v in arrays.items():
         x = np.take(np.asarray(v), idx, axis=0)

@@ -26,7 +26,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -75,8 +75,8 @@ def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None =
     from mvp_jax.training.evaluation import model_kind
     from mvp_jax.training.rundir import locate
 
-    found = locate(model_or_run)
-    model_dir, run_cfg = found.model_dir, found.cfg
+    found = locate(model_or_run)  # need_model: it has a model directory, or raised
+    model_dir, run_cfg = cast(str, found.model_dir), found.cfg
     kind = model_kind(model_dir)
     if kind == "qa":
         raise PredictError(f"{model_dir} is a question-answering model; predict labels texts "
@@ -327,7 +327,7 @@ def run_predict(model: str, *, texts: Sequence[str] | None = None, file: str | N
         columns = text_columns or run_text_columns(run_cfg)
         texts, pairs = read_texts(file, tuple(columns) if columns else None)
     predictor = load_predictor(model, max_seq_length)
-    rows = list(predict_texts(predictor, texts, pairs, batch_size=batch_size,
+    rows = list(predict_texts(predictor, cast(Sequence[str], texts), pairs, batch_size=batch_size,
                               progress=progress and file is not None))
     if output is not None:
         write_predictions(output, rows, predictor.label_names, overwrite=overwrite)

@@ -4,7 +4,7 @@ the evaluation of a model directory on a task."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -78,7 +78,7 @@ class EvalLayout:
 
     batch_size: int = 64
     bucket_lengths: tuple[int, ...] | None = None
-    mesh: object = None
+    mesh: Any = None  # a jax.sharding.Mesh
 
     @classmethod
     def of_run(cls, cfg) -> "EvalLayout":

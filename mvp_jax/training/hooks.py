@@ -6,6 +6,8 @@ import os
 import sys
 import time
 
+_ARRIVALS: dict[str, int] = {}  # arrivals at each point in this process
+
 
 def pause_for_test(point: str) -> None:
     """Test hook: with ``MVP_JAX_TEST_PAUSE=point[:n]`` the n-th (default first) arrival at
@@ -14,11 +16,9 @@ def pause_for_test(point: str) -> None:
     spec = os.environ.get("MVP_JAX_TEST_PAUSE")
     if not spec or spec.split(":")[0] != point:
         return
-    pause_for_test.count[point] = pause_for_test.count.get(point, 0) + 1
+    _ARRIVALS[point] = _ARRIVALS.get(point, 0) + 1
     nth = int(spec.split(":")[1]) if ":" in spec else 1
-    if pause_for_test.count[point] == nth:
+    if _ARRIVALS[point] == nth:
         print(f"paused at {point}", file=sys.stderr, flush=True)
         time.sleep(float(os.environ.get("MVP_JAX_TEST_PAUSE_S", "600")))
 
-
-pause_for_test.count = {}

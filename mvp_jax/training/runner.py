@@ -471,7 +471,7 @@ class _FiniteCheck:
 
     def __init__(self, ckpt: CheckpointManager):
         self.ckpt = ckpt
-        self.pending = None  # (step, metrics) not checked yet
+        self.pending: tuple[int, dict] | None = None  # (step, metrics) not checked yet
 
     def after(self, step: int, metrics: dict) -> None:
         self.check()

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import jax
 import numpy as np
@@ -158,7 +158,8 @@ def batch_sharding(mesh: Mesh, batch_size: int, micro: bool) -> NamedSharding:
 
 def _process_slice(sharding: NamedSharding, shape: Sequence[int]) -> tuple[slice, ...]:
     """The block of a global array of ``shape`` held by this process's devices."""
-    index_map = sharding.addressable_devices_indices_map(tuple(shape))
+    index_map = cast(dict[Any, tuple[slice, ...]],  # every index is set for a NamedSharding
+                     sharding.addressable_devices_indices_map(tuple(shape)))
     out = []
     for d, size in enumerate(shape):
         starts = [idx[d].indices(size)[0] for idx in index_map.values()]

@@ -37,7 +37,8 @@ threefry, rbg, unsafe_rbg), so checkpoints and shardings treat it as any array;
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any, Callable, cast
 
 import flax
 import jax
@@ -233,7 +234,7 @@ def make_train_step(module, kind: str, pruner: Pruner, optimizer: Optimizer, *, 
             return {}, state.topk_value
         params, scores = jax.lax.stop_gradient((state.params, state.scores))
         if pruner.cached_topk:
-            return cached_global_masks(method, pruner.selection_inputs(params),
+            return cached_global_masks(cast(methods.TopV, method), pruner.selection_inputs(params),
                                        tree.flatten(scores), threshold, state.step,
                                        state.topk_value, pruner.global_topk_frequency)
         masks = pruner.selection_masks(params, scores, threshold, train=True)
@@ -284,9 +285,9 @@ def make_train_step(module, kind: str, pruner: Pruner, optimizer: Optimizer, *, 
         if teacher is not None:
             metrics["distil_loss"] = distil
         metrics.update({name: stats[3 + i] for i, (name, _) in enumerate(layer_terms)})
-        state = state.replace(step=state.step + 1, params=new["params"], scores=new["scores"],
-                              opt_state=opt_state, rng=jax.random.key_data(rng),
-                              topk_value=topk_value)
+        state = dataclasses.replace(  # flax.struct's state.replace, visible to type checkers
+            state, step=state.step + 1, params=new["params"], scores=new["scores"],
+            opt_state=opt_state, rng=jax.random.key_data(rng), topk_value=topk_value)
         return state, metrics
 
     return train_step
