@@ -114,7 +114,7 @@ def read_glue_tsv(spec: TaskSpec, path: str | Path) -> datasets.Dataset:
         for col, i in zip(texts, fmt.text_fields):
             col.append(fields[i])
         labels.append(_parse_label(spec, fields[fmt.label_field], path, lineno))
-    data = {key: col for key, col in zip(spec.text_keys, texts)}
+    data: dict[str, list | np.ndarray] = {key: col for key, col in zip(spec.text_keys, texts)}
     dtype = np.float32 if spec.kind == "regression" else np.int64
     data["label"] = np.asarray(labels, dtype=dtype)
     data["idx"] = np.arange(len(labels), dtype=np.int64)

@@ -112,7 +112,7 @@ def squad_features(ds: datasets.Dataset, tokenizer, max_seq_length: int = 384,
             "example_index", "offsets"]
     if len(ds) == 0:
         z = np.zeros((0, max_seq_length), np.int32)
-        out = {k: z.copy() for k in cols[:3]}
+        out: dict[str, np.ndarray] = {k: z.copy() for k in cols[:3]}
         out.update({k: np.zeros((0,), np.int32) for k in cols[3:6]})
         out["offsets"] = np.zeros((0, max_seq_length, 2), np.int32)
         return out

@@ -61,8 +61,8 @@ def export_pruned(out_dir: str | os.PathLike, masked: Any, config: Any, head: st
     check_request(format, quantize, compact)
     if compact:
         masked, config = compacted(masked, config, refuse_unchanged)
-    kwargs = dict(tokenizer_path=tokenizer_path, num_labels=num_labels, overwrite=overwrite,
-                  label_names=label_names)
+    kwargs: dict[str, Any] = dict(tokenizer_path=tokenizer_path, num_labels=num_labels,
+                                  overwrite=overwrite, label_names=label_names)
     if format == "onnx":
         return export_onnx(out_dir, masked, config, head, quantize=quantize, **kwargs)
     return export_hf(out_dir, masked, config, head, **kwargs)
