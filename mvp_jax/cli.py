@@ -381,11 +381,7 @@ def cmd_export(args) -> int:
 
     options = dict(format=args.format, compact=args.compact, quantize=args.quantize,
                    overwrite=args.overwrite)
-    found = None
-    if os.path.isdir(args.run):
-        from mvp_jax.training.rundir import locate
-
-        found = locate(args.run, need_model=False)
+    found = _located(args.run, need_model=False)
     if found is not None and not found.is_run and found.model_dir == found.path:
         if args.compressed:
             raise UserError("--compressed applies to a run directory, not a model directory")

@@ -54,7 +54,6 @@ class Predictor:
     kind: str  # classification | regression
     label_names: tuple[str, ...]  # classification: one per output; regression: ()
     max_seq_length: int
-    text_columns: tuple[str, ...] | None = None  # a run's task.text_columns, if any
     # lengths a batch is padded to (None: ``default_buckets``, one compiled program each); ONNX
     # Runtime takes any shape, so its batches are padded only to their longest text
     buckets: tuple[int, ...] | None = None
@@ -101,13 +100,10 @@ def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None =
     if not 2 <= L <= longest:
         raise PredictError(f"max_seq_length must be in 2..{longest} "
                            f"(the model's position embeddings), got {L}")
-    columns = None
-    if run_cfg is not None and run_cfg.task.own_data and run_cfg.task.kind != "qa":
-        columns = tuple(run_cfg.task.text_columns or ("text",))
     if is_onnx_dir(model_dir):  # ONNX Runtime runs model.onnx
         session = inference_session(model_dir, threads=threads)
         return Predictor(model_dir, session_apply(session), session, load_tokenizer(model_dir),
-                         kind, names, L, columns, buckets=tuple(range(1, L + 1)))
+                         kind, names, L, buckets=tuple(range(1, L + 1)))
     kwargs = {} if dtype is None else {"dtype": dtype}
     pre = load_pretrained(model_dir, head="classification", num_labels=n, **kwargs)
     module = pre.module
@@ -116,8 +112,7 @@ def load_predictor(model_or_run: str | os.PathLike, max_seq_length: int | None =
     def apply(params, input_ids, attention_mask, token_type_ids):
         return module.apply({"params": params}, input_ids, attention_mask, token_type_ids)
 
-    return Predictor(model_dir, apply, pre.params, load_tokenizer(pre.path), kind, names, L,
-                     columns)
+    return Predictor(model_dir, apply, pre.params, load_tokenizer(pre.path), kind, names, L)
 
 
 def default_buckets(max_length: int) -> tuple[int, ...]:
